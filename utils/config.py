@@ -1,0 +1,167 @@
+"""Settings in one validated object: config.yaml, optionally overlaid by a profile file.
+
+Every value is checked on load; a bad one is reported as `file: key.path: what was expected`.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from utils.result import TASKS
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "config.yaml"
+CPU_FALLBACK_CONFIG = ROOT / "config_cpu_fallback.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file is unreadable or holds a bad value; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DocumentLimits(_Strict):
+    pdf_dpi: int = Field(200, ge=36, le=600)
+    max_file_mb: float = Field(100, gt=0)
+    max_page_pixels: int = Field(80_000_000, gt=0)
+    max_pages: int = Field(300, gt=0)
+
+
+class Profile(_Strict):
+    name: str = "default"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    threads: int = Field(0, ge=0, description="torch/engine CPU threads; 0 = library default")
+
+
+class GuardSettings(_Strict):
+    request_timeout_s: float = Field(300, gt=0)
+    load_timeout_s: float = Field(900, gt=0)
+    probe_timeout_s: float = Field(90, gt=0)
+    fatal_limit: int = Field(3, ge=1)
+    fatal_window_s: float = Field(600, gt=0)
+    max_resident_models: int = Field(1, ge=1)
+
+
+class ModelSpec(_Strict):
+    adapter: str = Field(description="module name under models/ that defines ADAPTER")
+    label: str
+    tasks: list[str]
+    hub_id: str | None = None
+    revision: str | None = None
+    local_path: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        bad = [t for t in tasks if t not in TASKS]
+        if bad or not tasks:
+            raise ValueError(f"expected a non-empty list of {', '.join(TASKS)}; got {tasks}")
+        return tasks
+
+
+class Settings(_Strict):
+    default_models: list[str]
+    documents: DocumentLimits = DocumentLimits()
+    profile: Profile = Profile()
+    guard: GuardSettings = GuardSettings()
+    models: dict[str, ModelSpec]
+
+    @model_validator(mode="after")
+    def _defaults_exist(self) -> "Settings":
+        missing = [m for m in self.default_models if m not in self.models]
+        if missing:
+            raise ValueError(f"default_models names unknown models {missing}; expected keys of models")
+        return self
+
+    def model(self, name: str) -> ModelSpec:
+        if name not in self.models:
+            raise KeyError(f"unknown model '{name}'; known: {', '.join(self.models)}")
+        return self.models[name]
+
+
+def _deep_merge(base: dict, overlay: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path.name}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.name}: expected a mapping at the top level")
+    return data
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        got_txt = "" if isinstance(got, dict) else f", got {got!r}"
+        lines.append(f"{source}: {key}: {err['msg']}{got_txt}")
+    return "; ".join(lines)
+
+
+def _validate_adapter_options(source: str, settings: Settings) -> None:
+    """Each adapter validates its own `options` block with its Options model."""
+    for name, spec in settings.models.items():
+        try:
+            module = importlib.import_module(f"models.{spec.adapter}")
+        except ModuleNotFoundError:
+            raise ConfigError(f"{source}: models.{name}.adapter: expected a module in models/, "
+                              f"got {spec.adapter!r}") from None
+        adapter_cls = getattr(module, "ADAPTER", None)
+        if adapter_cls is None:
+            raise ConfigError(f"{source}: models.{name}.adapter: models/{spec.adapter}.py defines no ADAPTER")
+        try:
+            spec.options = adapter_cls.Options.model_validate(spec.options).model_dump()
+        except ValidationError as exc:
+            err = _format_error(source, exc).replace(f"{source}: ", f"{source}: models.{name}.options.")
+            raise ConfigError(err) from None
+        unsupported = [t for t in spec.tasks if t not in adapter_cls.supported_tasks]
+        if unsupported:
+            raise ConfigError(f"{source}: models.{name}.tasks: adapter {spec.adapter} supports "
+                              f"{list(adapter_cls.supported_tasks)}, got {unsupported}")
+
+
+def load_settings(path: str | Path | None = None, overlay: str | Path | None = None) -> Settings:
+    """Read, overlay and validate. Raises ConfigError with the offending key."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    data = _read_yaml(path)
+    source = path.name
+    if overlay:
+        overlay = Path(overlay)
+        data = _deep_merge(data, _read_yaml(overlay))
+        source = f"{path.name}+{overlay.name}"
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from None
+    _validate_adapter_options(source, settings)
+    return settings
+
+
+@lru_cache(maxsize=4)
+def cached_settings(profile: Literal["default", "cpu_fallback"] = "default") -> Settings:
+    if profile == "cpu_fallback":
+        return load_settings(DEFAULT_CONFIG, CPU_FALLBACK_CONFIG)
+    return load_settings(DEFAULT_CONFIG)
