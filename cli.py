@@ -1,0 +1,164 @@
+"""Command line: the same loader as the UI.
+
+  python cli.py models
+  python cli.py ocr FILE... --model NAME [--task text|markdown|layout] [--pages 1-3]
+                           [--format json|txt|md] [--out DIR] [--model-path DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from utils.config import ConfigError, Settings, cached_settings
+from utils.documents import DocumentError, open_path
+from utils.export import document_text
+from utils.loader import Loader
+from utils.result import TASKS
+
+# Fields of each page in `ocr --format json`, in this order.
+PAGE_FIELDS = ("page", "model", "task", "text", "markdown", "blocks", "device", "dtype", "profile",
+               "seconds", "load_seconds", "tokens", "truncated", "warnings")
+
+
+class UsageError(Exception):
+    """Wrong command-line usage: exit code 2."""
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def settings_with_model_path(settings: Settings, model: str, model_path: str | None) -> Settings:
+    if model not in settings.models:
+        raise UsageError(f"unknown model '{model}'; known: {', '.join(settings.models)}")
+    if model_path is None:
+        return settings
+    if not Path(model_path).is_dir():
+        raise UsageError(f"--model-path {model_path}: not a directory")
+    settings = settings.model_copy(deep=True)
+    settings.models[model].local_path = str(Path(model_path).resolve())
+    return settings
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    loader = Loader(cached_settings())
+    try:
+        default = loader.default_model()
+        for status in loader.catalog():
+            a = status.availability
+            mark = "*" if status.name == default else " "
+            print(f"{mark} {status.name:<14} {a.status:<15} {status.label}  [{', '.join(status.tasks)}]")
+            if a.reason:
+                print(f"    {a.reason}")
+            if a.fix and not a.available:
+                print(f"    to fix: {a.fix}")
+        print("(* = default)")
+    finally:
+        loader.close()
+    return 0
+
+
+def _page_json(result) -> dict:
+    data = result.model_dump(mode="json")
+    data["page"] = (result.page or 0) + 1
+    return {key: data[key] for key in PAGE_FIELDS}
+
+
+def cmd_ocr(args: argparse.Namespace) -> int:
+    settings = settings_with_model_path(cached_settings(), args.model, args.model_path)
+    if args.task not in settings.models[args.model].tasks:
+        raise UsageError(f"{args.model} does not do '{args.task}'; it supports: "
+                         f"{', '.join(settings.models[args.model].tasks)}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    loader = Loader(settings)
+    documents = []
+    try:
+        for file in args.files:
+            entry = {"file": file, "error": None, "pages": []}
+            documents.append(entry)
+            results = []
+            try:
+                document = open_path(file, settings.documents)
+                for index, image in document.pages(args.pages):
+                    print(f"{Path(file).name}: page {index + 1}/{document.page_count} with {args.model}…",
+                          file=sys.stderr)
+                    result = loader.run(args.model, image, args.task, page=index, source=document.name)
+                    result.warnings = document.warnings + result.warnings
+                    results.append(result)
+            except DocumentError as exc:
+                entry["error"] = one_line(exc)
+            except Exception as exc:  # every failure is reported per document; the others still run
+                entry["error"] = f"{Path(file).name}: {one_line(exc)}"
+            if entry["error"]:
+                print(f"error: {entry['error']}", file=sys.stderr)
+            entry["pages"] = [_page_json(r) for r in results]
+            if results and args.out:
+                target = Path(args.out) / f"{Path(file).stem}.{args.format}"
+                body = json.dumps(entry, ensure_ascii=False, indent=2) if args.format == "json" \
+                    else document_text(results, args.format)
+                target.write_text(body, encoding="utf-8")
+                print(f"wrote {target}", file=sys.stderr)
+            elif results and args.format != "json":
+                print(document_text(results, args.format))
+        events = [e.model_dump(mode="json") for e in loader.recovery_events()]
+    finally:
+        loader.close()
+    if args.format == "json" and not args.out:
+        json.dump({"documents": documents, "recovery_events": events}, sys.stdout, ensure_ascii=False, indent=2)
+        print()
+    return 1 if any(d["error"] for d in documents) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cli.py", description="Document OCR with classic engines and VLMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="list models with their availability")
+    models.set_defaults(func=cmd_models)
+
+    ocr = sub.add_parser("ocr", help="recognise documents (images or PDFs)")
+    ocr.add_argument("files", nargs="+", metavar="FILE")
+    ocr.add_argument("--model", help="model name (default: the first available of config default_models)")
+    ocr.add_argument("--task", default="text", choices=TASKS)
+    ocr.add_argument("--pages", help='pages to read, like "1-3,7" (default: all)')
+    ocr.add_argument("--format", default="txt", choices=("json", "txt", "md"))
+    ocr.add_argument("--out", help="write one file per document into this folder")
+    ocr.add_argument("--model-path", help="load the model from this local snapshot folder")
+    ocr.set_defaults(func=cmd_ocr)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "model", "") is None:
+            args.model = _default_model()
+        return args.func(args)
+    except UsageError as exc:
+        print(f"cli.py: error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"cli.py: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _default_model() -> str:
+    loader = Loader(cached_settings())
+    try:
+        model = loader.default_model()
+    finally:
+        loader.close()
+    if model is None:
+        raise UsageError("no model is available; run `python cli.py models` to see why")
+    return model
+
+
+if __name__ == "__main__":
+    sys.exit(main())

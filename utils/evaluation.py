@@ -1,0 +1,280 @@
+"""Accuracy of models against ground truth in a folder, through the same loader as the UI.
+
+A folder holds documents (images and PDFs). For each document `<stem>.<ext>`:
+- `<stem>.txt` is its ground truth (UTF-8); a multi-page document's pages are separated by a form
+  feed (\\f). A document without one is listed under `missing_truth` and not run.
+- `<stem>.keys`, optional, holds keywords, one a line, scored as keyword recall.
+
+Scores use utils.metrics (normalised text). Per document, CER and WER are weighted by length:
+the summed edit distance of its pages over the summed reference length; bag-of-words counts are
+summed over pages; keywords are looked for in all its pages' text. A model's aggregate is the
+plain mean over its scored documents (each document counts once), and the timing is the wall time
+of each `Loader.run` call minus the model's load time, as p50/p95 over pages.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from utils import metrics
+from utils.config import DocumentLimits
+from utils.documents import EXTENSIONS, DocumentError, open_path
+from utils.loader import Loader
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    document: Path
+    truth: Path | None
+    keys: Path | None
+
+
+@dataclass
+class PageEval:
+    page: int  # 1-based
+    seconds: float
+    inference_seconds: float
+    load_seconds: float | None
+    cer: float
+    wer: float
+    char_errors: int
+    reference_chars: int
+    text: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DocumentEval:
+    file: str
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    pages: list[PageEval] = field(default_factory=list)
+    cer: float | None = None
+    wer: float | None = None
+    bow_precision: float | None = None
+    bow_recall: float | None = None
+    bow_f1: float | None = None
+    keyword_recall: float | None = None
+    keywords_missed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelEval:
+    model: str
+    error: str | None = None
+    documents: list[DocumentEval] = field(default_factory=list)
+
+    def aggregate(self) -> dict:
+        scored = [d for d in self.documents if d.error is None and d.cer is not None]
+        seconds = [p.seconds for d in scored for p in d.pages]
+        loads = [p.load_seconds for d in self.documents for p in d.pages if p.load_seconds is not None]
+        errors = sum(p.char_errors for d in scored for p in d.pages)
+        chars = sum(p.reference_chars for d in scored for p in d.pages)
+        return {
+            "documents": len(scored),
+            "pages": len(seconds),
+            "errors": sum(d.error is not None for d in self.documents),
+            "mean_cer": _mean([d.cer for d in scored]),
+            "mean_wer": _mean([d.wer for d in scored]),
+            "mean_keyword_recall": _mean([d.keyword_recall for d in scored if d.keyword_recall is not None]),
+            "mean_bow_f1": _mean([d.bow_f1 for d in scored]),
+            "mean_bow_recall": _mean([d.bow_recall for d in scored]),
+            "corpus_cer": errors / chars if chars else None,
+            "seconds_p50": percentile(seconds, 50),
+            "seconds_p95": percentile(seconds, 95),
+            "load_seconds": loads[0] if loads else None,
+        }
+
+
+@dataclass
+class EvalReport:
+    folder: str
+    task: str
+    models: list[ModelEval]
+    missing_truth: list[str]
+
+    def to_json(self) -> dict:
+        return {
+            "folder": self.folder,
+            "task": self.task,
+            "normalisation": "utils.metrics.normalize: NFC, invisible chars removed, dashes/quotes/ellipsis "
+                             "to ASCII, whitespace folded; case kept",
+            "missing_truth": self.missing_truth,
+            "models": {m.model: {"error": m.error, "aggregate": m.aggregate(),
+                                 "documents": [asdict(d) for d in m.documents]} for m in self.models},
+        }
+
+
+ProgressCallback = Callable[[str, int, int, DocumentEval], None]
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def find_items(folder: Path) -> list[EvalItem]:
+    """Documents in the folder (not recursive), sorted by name, with their truth and keyword files."""
+    items = []
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and path.suffix.lower() in EXTENSIONS:
+            truth = path.with_suffix(".txt")
+            keys = path.with_suffix(".keys")
+            items.append(EvalItem(path, truth if truth.is_file() else None, keys if keys.is_file() else None))
+    return items
+
+
+def read_truth(path: Path) -> list[str]:
+    """Ground-truth pages: the file split on form feeds."""
+    return path.read_text(encoding="utf-8-sig").split("\f")
+
+
+def read_keywords(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+
+
+def _score_document(doc: DocumentEval, truths: list[str], keywords: list[str]) -> None:
+    texts = [p.text for p in doc.pages]
+    errors = sum(p.char_errors for p in doc.pages)
+    chars = sum(p.reference_chars for p in doc.pages)
+    word_counts = [metrics.word_errors(text, truth) for text, truth in zip(texts, truths)]
+    word_errors, ref_words = sum(e for e, _ in word_counts), sum(n for _, n in word_counts)
+    doc.cer = errors / chars if chars else (0.0 if errors == 0 else 1.0)
+    doc.wer = word_errors / ref_words if ref_words else (0.0 if word_errors == 0 else 1.0)
+    hyp_bag = sum((metrics.bag_of_words(t) for t in texts), Counter())
+    ref_bag = sum((metrics.bag_of_words(t) for t in truths), Counter())
+    bag = metrics.bag_scores_from_counts(hyp_bag, ref_bag)
+    doc.bow_precision, doc.bow_recall, doc.bow_f1 = bag.precision, bag.recall, bag.f1
+    hits = metrics.keyword_hits("\n".join(texts), keywords)
+    if hits:
+        doc.keyword_recall = sum(found for _, found in hits) / len(hits)
+        doc.keywords_missed = [keyword for keyword, found in hits if not found]
+
+
+def evaluate_document(loader: Loader, model: str, item: EvalItem, task: str = "text",
+                      limits: DocumentLimits | None = None) -> DocumentEval:
+    """Run one model over one document and score it; every failure is recorded, never raised."""
+    doc = DocumentEval(file=item.document.name)
+    try:
+        truths = read_truth(item.truth)
+        keywords = read_keywords(item.keys)
+        document = open_path(item.document, limits)
+        if len(truths) != document.page_count:
+            doc.notes.append(f"ground truth has {len(truths)} page(s), the document {document.page_count}; "
+                             f"scoring the first {min(len(truths), document.page_count)}")
+        truths = truths[:document.page_count]
+        for index in range(len(truths)):
+            image = document.render(index)
+            started = time.perf_counter()
+            result = loader.run(model, image, task, page=index, source=document.name)
+            wall = time.perf_counter() - started
+            text = result.text or result.markdown
+            doc.pages.append(PageEval(
+                page=index + 1, seconds=wall - (result.load_seconds or 0.0), inference_seconds=result.seconds,
+                load_seconds=result.load_seconds, cer=metrics.cer(text, truths[index]),
+                wer=metrics.wer(text, truths[index]), char_errors=metrics.char_distance(text, truths[index]),
+                reference_chars=len(metrics.normalize(truths[index])), text=text,
+                warnings=document.warnings + result.warnings))
+        _score_document(doc, truths, keywords)
+    except DocumentError as exc:
+        doc.error = _one_line(exc)
+    except UnicodeDecodeError as exc:
+        doc.error = f"{item.truth.name if item.truth else item.document.name}: not UTF-8 text ({exc.reason})"
+    except Exception as exc:  # a failing page must not end the evaluation of the other documents
+        doc.error = f"{item.document.name}: {type(exc).__name__}: {_one_line(exc)}"
+    return doc
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def evaluate(folder: Path, models: list[str], loader: Loader, task: str = "text",
+             limits: DocumentLimits | None = None, on_progress: ProgressCallback | None = None) -> EvalReport:
+    """Every model over every document of the folder that has ground truth; one model at a time."""
+    items = find_items(folder)
+    scored = [item for item in items if item.truth is not None]
+    report = EvalReport(folder=str(folder), task=task, models=[],
+                        missing_truth=[item.document.name for item in items if item.truth is None])
+    for model in models:
+        entry = ModelEval(model)
+        report.models.append(entry)
+        availability = loader.status(model).availability
+        if not availability.available:
+            entry.error = f"{model} is {availability.status}: {availability.reason}"
+            continue
+        for number, item in enumerate(scored, 1):
+            doc = evaluate_document(loader, model, item, task, limits)
+            entry.documents.append(doc)
+            if on_progress:
+                on_progress(model, number, len(scored), doc)
+    return report
+
+
+def _fmt(value: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value * 100:.1f}%" if percent else f"{value:.2f}"
+
+
+TABLE_COLUMNS = ("model", "docs", "pages", "errors", "CER", "WER", "keyword recall", "BoW F1",
+                 "s/page p50", "s/page p95")
+
+
+def table_rows(report: EvalReport) -> list[list[str]]:
+    rows = []
+    for entry in report.models:
+        if entry.error:
+            rows.append([entry.model, "—", "—", "—", "—", "—", "—", "—", "—", "—"])
+            continue
+        a = entry.aggregate()
+        rows.append([entry.model, str(a["documents"]), str(a["pages"]), str(a["errors"]),
+                     _fmt(a["mean_cer"], True), _fmt(a["mean_wer"], True), _fmt(a["mean_keyword_recall"], True),
+                     _fmt(a["mean_bow_f1"], True), _fmt(a["seconds_p50"]), _fmt(a["seconds_p95"])])
+    return rows
+
+
+def markdown_table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def document_rows(entry: ModelEval) -> list[list[str]]:
+    rows = []
+    for doc in entry.documents:
+        if doc.error:
+            rows.append([doc.file, "—", "—", "—", "—", "—", doc.error])
+            continue
+        seconds = sum(p.seconds for p in doc.pages)
+        rows.append([doc.file, str(len(doc.pages)), _fmt(doc.cer, True), _fmt(doc.wer, True),
+                     _fmt(doc.bow_f1, True), _fmt(seconds), "; ".join(doc.notes)])
+    return rows
+
+
+DOCUMENT_COLUMNS = ("document", "pages", "CER", "WER", "BoW F1", "seconds", "notes")
+
+
+def format_report(report: EvalReport, per_document: bool = True) -> str:
+    """Plain-text report: per model its documents, then one summary table (markdown syntax)."""
+    parts = []
+    if per_document:
+        for entry in report.models:
+            parts.append(f"## {entry.model}")
+            parts.append(f"error: {entry.error}" if entry.error else markdown_table(DOCUMENT_COLUMNS, document_rows(entry)))
+    parts.append(f"## Summary (task {report.task}, mean over documents)")
+    parts.append(markdown_table(TABLE_COLUMNS, table_rows(report)))
+    if report.missing_truth:
+        parts.append(f"no ground truth (.txt), not evaluated: {', '.join(report.missing_truth)}")
+    return "\n\n".join(parts)
