@@ -12,12 +12,15 @@ st.set_page_config(page_title="ChatVLMLLM OCR", page_icon="📄", layout="wide")
 def sidebar() -> None:
     catalog = model_catalog()
     by_name = {s.name: s for s in catalog}
-    if st.session_state.get("model") not in by_name:
-        st.session_state["model"] = get_loader().default_model() or catalog[0].name
+    current = st.session_state.get("model")
+    if current not in by_name:
+        current = get_loader().default_model() or catalog[0].name
     with st.sidebar:
         st.header("Model")
-        name = st.selectbox("Model", list(by_name), key="model", format_func=lambda n: model_label(by_name[n]),
-                            label_visibility="collapsed")
+        # Kept in a plain session key (not the widget's) so every page sees it and it survives page switches.
+        name = st.selectbox("Model", list(by_name), index=list(by_name).index(current),
+                            format_func=lambda n: model_label(by_name[n]), label_visibility="collapsed")
+        st.session_state["model"] = name
         availability = by_name[name].availability
         if availability.available:
             st.caption(f"Ready · {availability.reason}")

@@ -159,7 +159,9 @@ def _place_box(coords: Box, scale: Scale, page_size: Any) -> Box | None:
 # ---------------------------------------------------------------- JSON with repair
 
 _FENCE = re.compile(r"```[ \t]*[A-Za-z]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
-_ESCAPE = re.compile(r'\\(?:(?P<ok>u[0-9a-fA-F]{4}|[bfrt](?![A-Za-z])|["\\/n])|(?P<bad>.))', re.DOTALL)
+_ESCAPE = re.compile(
+    r'\\(?:(?P<ok>u[0-9a-fA-F]{4}|[bfrt](?![A-Za-z])|["\\/n])|(?P<bad>.))', re.DOTALL
+)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _MISSING_COMMA = re.compile(r'(["\]}\d])(\s*)("[^"\\]*"\s*:)')
 
@@ -300,7 +302,7 @@ def _as_score(item: dict) -> float | None:
 
 
 def _restore_latex(text: str, formula: bool) -> str:
-    """Undo JSON escapes that swallowed a LaTeX command: "\frac" arrives as form feed + "rac"."""
+    r"""Undo JSON escapes that swallowed a LaTeX command ("\frac" arrives as form feed + "rac")."""
     text = text.replace("\b", "\\b").replace("\f", "\\f")
     if formula:  # outside formulas a tab or CR before a letter can be real
         text = re.sub(r"\r(?=[A-Za-z])", r"\\r", text)
@@ -311,8 +313,10 @@ def _restore_latex(text: str, formula: bool) -> str:
 def _dots_fields(item: dict) -> Fields:
     raw_category = item.get("category")
     category = _canonical_category(raw_category) or _as_text(raw_category) or "Text"
-    text = _restore_latex(_as_text(item.get("text")), category == "Formula")
-    return item.get("bbox"), category, text, _as_score(item)
+    text = item.get("text")
+    if isinstance(text, str):  # before stripping, which would eat a leading form feed
+        text = _restore_latex(text, category == "Formula")
+    return item.get("bbox"), category, _as_text(text), _as_score(item)
 
 
 def _qwen_fields(item: dict) -> Fields:
@@ -365,6 +369,7 @@ def _items_to_blocks(
 
 # ---------------------------------------------------------------- QwenVL HTML
 
+_TABLE_CELL = re.compile(r"<t[rdh]\b", re.IGNORECASE)
 _VOID_TAGS = frozenset({"img", "br", "hr", "input", "meta", "link", "area", "col", "source", "wbr"})
 _KEPT_ATTRS = ("rowspan", "colspan")
 _CLASS_CATEGORIES = (  # checked in order: "image caption" is a Caption, not a Picture
@@ -401,7 +406,7 @@ class _HtmlElement:
 
 
 class _BboxElementParser(HTMLParser):
-    """Collects the outermost elements carrying data-bbox; their content is rebuilt as clean HTML."""
+    """Collects the outermost elements with data-bbox; their content is rebuilt as clean HTML."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -455,10 +460,8 @@ def _qwen_html_blocks(text: str, scale: Scale, page_size: Any) -> list[Block]:
             continue
         category = element.category()
         inner = "".join(element.parts)
-        if category == "Table" and "<table" not in inner:
-            body = f"<table>{inner}</table>"
-        elif category == "Table":
-            body = inner.strip()
+        if category == "Table" and _TABLE_CELL.search(inner):
+            body = inner.strip() if "<table" in inner else f"<table>{inner}</table>"
         else:
             body = _html_to_plain(inner)
         blocks.append(Block(bbox=bbox, category=category, text=body))
@@ -582,8 +585,9 @@ def _block_markdown(block: Block) -> str:
 
 def _block_plain_text(block: Block) -> str:
     text = block.text.strip()
-    if block.category == "Table" and "<table" in text.lower():
-        return "\n".join("\t".join(row) for row in _parse_table(text).rows)
+    rows = _parse_table(text).rows if block.category == "Table" and "<table" in text.lower() else []
+    if rows:
+        return "\n".join("\t".join(row) for row in rows)
     if block.category in ("Title", "Section-header"):
         text = re.sub(r"^#+\s*", "", text)
     elif block.category == "Formula":

@@ -67,7 +67,7 @@ def _show_result(document, index, result) -> None:
     with right:
         text_tab, md_tab, json_tab = st.tabs(["Text", "Markdown", "JSON"])
         with text_tab:
-            st.text_area("Recognised text", result.text, height=520, key=f"text_{id(result)}")
+            st.text_area("Recognised text", result.text, height=520, key=f"text_{result.model}_{result.task}_{index}")
         with md_tab:
             st.markdown(result.markdown or result.text)
         with json_tab:

@@ -15,10 +15,10 @@ def make_pdf(pages: int, password: str | None = None) -> bytes:
 
     pdf = pdfium.PdfDocument.new()
     for number in range(pages):
-        page = pdf.new_page(300, 200)
+        page = pdf.new_page(420, 200)
         font = raw.FPDFText_LoadStandardFont(pdf, b"Helvetica")
         text_obj = raw.FPDFPageObj_NewTextObj(pdf, b"Helvetica", 24.0)
-        raw.FPDFText_SetText(text_obj, _utf16(f"Page {number + 1}"))
+        raw.FPDFText_SetText(text_obj, _utf16(f"Quarterly report, page {number + 1}"))
         raw.FPDFPageObj_Transform(text_obj, 1, 0, 0, 1, 40, 100)
         raw.FPDFPage_InsertObject(page, text_obj)
         raw.FPDFPage_GenerateContent(page)
@@ -67,7 +67,7 @@ def test_pdf_pages_render_at_configured_dpi():
     doc = open_document("report.pdf", data, DocumentLimits(pdf_dpi=144))
     assert doc.page_count == 3
     image = doc.render(2)
-    assert image.size == (600, 400)  # 300x200 pt at 144 dpi
+    assert image.size == (840, 400)  # 420x200 pt at 144 dpi
     assert image.getpixel((5, 5)) == (255, 255, 255)
 
 

@@ -114,7 +114,8 @@ def test_qwen_html_blocks():
 
 def test_qwen_html_relative_and_truncated():
     text = ('<html><body><h2 data-bbox="100 100 900 150">Résumé</h2>'
-            '<p data-bbox="100 200 900 400">First paragraph<p data-bbox="100 420 900 500">Second, cut o')
+            '<p data-bbox="100 200 900 400">First paragraph'
+            '<p data-bbox="100 420 900 500">Second, cut o')
     blocks = parse_qwen_grounding(text, "relative1000", (0, 0), (1000, 2000))
     assert [(b.bbox, b.category, b.text) for b in blocks] == [
         ((100, 200, 900, 300), "Section-header", "Résumé"),
@@ -143,18 +144,21 @@ PAGE, INPUT = (1700, 2200), (1708, 2212)
 DOTS_ITEMS = [
     {"bbox": [142, 62, 980, 96], "category": "Page-header",
      "text": "Journal of Document Engineering, Vol. 12, No. 3"},
-    {"bbox": [142, 160, 1566, 262], "category": "Title", "text": "Robust Parsing of Layout Outputs"},
+    {"bbox": [142, 160, 1566, 262], "category": "Title",
+     "text": "Robust Parsing of Layout Outputs"},
     {"bbox": [142, 300, 640, 344], "category": "Section-header", "text": "1. Introduction"},
     {"bbox": [142, 360, 1566, 520], "category": "Text",
      "text": "Layout models return **blocks** in reading order."},
-    {"bbox": [170, 536, 1566, 580], "category": "List-item", "text": "- Tables are emitted as HTML."},
+    {"bbox": [170, 536, 1566, 580], "category": "List-item",
+     "text": "- Tables are emitted as HTML."},
     {"bbox": [520, 600, 1190, 690], "category": "Formula",
      "text": "$$\n\\frac{a}{b} = \\sum_{i=1}^{n} x_i\n$$"},
     {"bbox": [142, 720, 1566, 1100], "category": "Table",
      "text": "<table><thead><tr><th>Model</th><th>Edit ↓</th></tr></thead><tbody><tr><td>dots.ocr"
              "</td><td>0.032</td></tr><tr><td>A &amp; B</td><td>0.1|0.2</td></tr></tbody></table>"},
     {"bbox": [300, 1150, 1400, 1800], "category": "Picture"},
-    {"bbox": [300, 1810, 1400, 1850], "category": "Caption", "text": "Figure 1: Edit distance per model."},
+    {"bbox": [300, 1810, 1400, 1850], "category": "Caption",
+     "text": "Figure 1: Edit distance per model."},
     {"bbox": [142, 1980, 1000, 2020], "category": "Footnote", "text": "¹ Lower is better."},
     {"bbox": [820, 2120, 880, 2150], "category": "Page-footer", "text": "3"},
 ]
@@ -227,7 +231,8 @@ def test_dots_plain_text():
 
 
 def test_dots_code_fence_and_single_escaped_latex():
-    text = ('```json\n[{"bbox": [0, 0, 100, 50], "category": "Formula", "text": "\\alpha + \\beta"},'
+    text = ('```json\n[{"bbox": [0, 0, 100, 50], "category": "Formula",'
+            ' "text": "\\alpha + \\beta"},'
             ' {"bbox": [0, 60, 100, 90], "category": "Text", "text": "ok"}]\n```')
     blocks, warnings = parse_dots_layout(text, (100, 100), (100, 100))
     assert [b.text for b in blocks] == ["\\alpha + \\beta", "ok"]
@@ -238,7 +243,8 @@ def test_dots_truncated_mid_string():
     text = "[" + ", ".join([el(10, 10, 90, 20, text="one"), el(10, 30, 90, 40, text="two")])
     text += ', {"bbox": [10, 50, 90, 60], "category": "Text", "text": "The quick br'
     blocks, warnings = parse_dots_layout(text, (100, 100), (200, 200))
-    assert [(b.bbox, b.text) for b in blocks] == [((20, 20, 180, 40), "one"), ((20, 60, 180, 80), "two")]
+    assert [(b.bbox, b.text) for b in blocks] == [
+        ((20, 20, 180, 40), "one"), ((20, 60, 180, 80), "two")]
     assert warnings == ["output was truncated: dropped an incomplete element"]
 
 
@@ -354,8 +360,37 @@ def test_html_table_to_markdown_pads_short_rows():
 def test_plain_text_flattens_spanned_tables_and_strips_tags():
     blocks = [
         block("Section-header", "## Results"),
-        block("Table", '<table><tr><th colspan="2">Total</th></tr><tr><td>1</td><td>2</td></tr></table>'),
+        block("Table", '<table><tr><th colspan="2">Total</th></tr>'
+                       '<tr><td>1</td><td>2</td></tr></table>'),
         block("Text", "H<sub>2</sub>O &lt; 5 &amp; x<y"),
         block("Picture", "ignored"),
     ]
     assert blocks_to_text(blocks) == "Results\nTotal\n1\t2\nH2O < 5 & x<y"
+
+
+def test_dots_latex_swallowed_by_valid_json_escapes_is_restored():
+    # Valid JSON, but "\frac" and "\theta" were written with one backslash: form feed and tab.
+    text = '[{"bbox": [0, 0, 10, 10], "category": "Formula", "text": "\\frac{1}{2} \\theta"}]'
+    blocks, warnings = parse_dots_layout(text, (10, 10), (10, 10))
+    assert blocks[0].text == "\\frac{1}{2} \\theta"
+    assert warnings == []
+
+
+def test_dots_text_around_the_json_is_ignored_with_warnings():
+    text = "Here is the layout:\n[" + el(0, 0, 10, 10) + "]\nDone."
+    blocks, warnings = parse_dots_layout(text, (10, 10), (10, 10))
+    assert len(blocks) == 1
+    assert warnings == ["ignored text after the closing bracket", "ignored text before the JSON"]
+
+
+def test_qwen_html_table_div_with_a_table_inside_and_without_one():
+    text = ('<div class="table" data-bbox="0 0 50 50">'
+            '<table><tr><td>a</td><td>b</td></tr></table></div>'
+            '<div class="table" data-bbox="0 50 50 100">Data not legible</div>')
+    blocks = parse_qwen_grounding(text, "pixels", (100, 100), (100, 100))
+    assert [(b.category, b.text) for b in blocks] == [
+        ("Table", "<table><tr><td>a</td><td>b</td></tr></table>"),
+        ("Table", "Data not legible"),
+    ]
+    assert blocks_to_text(blocks) == "a\tb\nData not legible"
+    assert dots_blocks_to_markdown(blocks) == "| a | b |\n| --- | --- |\n\nData not legible"

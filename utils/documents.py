@@ -160,8 +160,8 @@ def _open_pdf(name: str, data: bytes, limits: DocumentLimits) -> int:
     try:
         pdf = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as exc:
-        message = str(exc).lower()
-        if "password" in message:
+        # PDFium's last-error code can be stale from an earlier document, so read the file itself.
+        if b"/Encrypt" in data:
             raise DocumentError(f"{name}: the PDF is encrypted with a password; save an unprotected copy and try again") from None
         # PDFium refuses a page tree with no pages without an error code; say what it really is.
         if re.search(rb"/Count\s*0\b", data) and not re.search(rb"/Count\s*[1-9]", data):
