@@ -57,6 +57,7 @@ def test_multipage_tiff_gives_every_page_and_gif_the_first_frame():
     doc = open_document("multi.tiff", buffer.getvalue())
     assert doc.page_count == 3
     assert [i for i, _ in doc.pages("2-3")] == [1, 2]
+    assert [i for i, _ in doc.pages("3,5")] == [2] and "skipped page(s) 5" in doc.warnings[-1]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
     assert open_document("anim.gif", buffer.getvalue()).page_count == 1
@@ -98,7 +99,8 @@ def test_alpha_is_composited_on_white_and_16bit_cmyk_converted():
 
 
 @pytest.mark.parametrize("spec,expected", [("1-3,7", [0, 1, 2, 6]), ("", list(range(8))), ("2", [1]),
-                                           ("5-", [4, 5, 6, 7]), ("3,1-2,3", [2, 0, 1]), ("7-20", [6, 7])])
+                                           ("5-", [4, 5, 6, 7]), ("3,1-2,3", [2, 0, 1]), ("7-20", [6, 7]),
+                                           ("2,12", [1])])
 def test_page_selection(spec, expected):
     assert parse_page_selection(spec, 8) == expected
 

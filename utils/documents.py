@@ -36,11 +36,12 @@ def _sniff(data: bytes) -> str | None:
         return None
 
 
-def parse_page_selection(spec: str | None, page_count: int) -> list[int]:
-    """'1-3,7' -> [0, 1, 2, 6] (0-based). Empty or None selects every page."""
+def _parse_selection(spec: str | None, page_count: int) -> tuple[list[int], list[int]]:
+    """(chosen 0-based indices, 1-based numbers past the last page)."""
     if spec is None or not spec.strip() or spec.strip().lower() == "all":
-        return list(range(page_count))
+        return list(range(page_count)), []
     chosen: list[int] = []
+    past_end: list[int] = []
     for part in spec.split(","):
         part = part.strip()
         match = re.fullmatch(r"(\d+)\s*(?:-\s*(\d*))?", part)
@@ -51,11 +52,23 @@ def parse_page_selection(spec: str | None, page_count: int) -> list[int]:
         if start < 1 or end < start:
             raise ValueError(f"page selection '{spec}': '{part}' is not a valid range (pages start at 1)")
         if start > page_count:
-            raise ValueError(f"page selection '{spec}': page {start} is past the last page ({page_count})")
+            past_end.append(start)
         for number in range(start, min(end, page_count) + 1):
             if number - 1 not in chosen:
                 chosen.append(number - 1)
-    return chosen
+    if not chosen:
+        last = max(past_end)
+        raise ValueError(f"page selection '{spec}': page {last} is past the last page ({page_count})")
+    return chosen, past_end
+
+
+def parse_page_selection(spec: str | None, page_count: int) -> list[int]:
+    """'1-3,7' -> [0, 1, 2, 6] (0-based). Empty or None selects every page.
+
+    Pages past the end are skipped (one selection can serve documents of different lengths);
+    a selection that leaves no page at all is an error.
+    """
+    return _parse_selection(spec, page_count)[0]
 
 
 def normalize_image(img: Image.Image) -> Image.Image:
@@ -96,9 +109,12 @@ class Document:
 
     def pages(self, selection: str | None = None) -> list[tuple[int, Image.Image]]:
         try:
-            indices = parse_page_selection(selection, self.page_count)
+            indices, past_end = _parse_selection(selection, self.page_count)
         except ValueError as exc:
             raise DocumentError(f"{self.name}: {exc}") from None
+        if past_end:
+            self.warnings.append(f"the document has {self.page_count} page(s); skipped page(s) "
+                                 f"{', '.join(map(str, past_end))} of the selection")
         return [(i, self.render(i)) for i in indices]
 
 

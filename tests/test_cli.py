@@ -1,0 +1,92 @@
+"""The CLI contract, run as a user runs it: a subprocess, its stdout, its exit code."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, png_bytes, render_text_page
+from tests.test_documents import make_pdf
+
+PAGE_KEYS = {"page", "model", "task", "text", "markdown", "blocks", "device", "dtype", "profile", "seconds",
+             "load_seconds", "tokens", "truncated", "warnings"}
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240, env=env)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, ru_en_png):
+    folder = tmp_path_factory.mktemp("cli")
+    (folder / "invoice.png").write_bytes(ru_en_png)
+    (folder / "report.pdf").write_bytes(make_pdf(3))
+    (folder / "broken.png").write_bytes(ru_en_png[:200])
+    (folder / "english.png").write_bytes(png_bytes(render_text_page(["Hello from the command line"])))
+    return folder
+
+
+def test_models_lists_every_entry_with_status():
+    done = cli("models")
+    assert done.returncode == 0, done.stderr
+    assert "* tesseract" in done.stdout and "ready" in done.stdout
+    assert "rapidocr" in done.stdout
+
+
+def test_ocr_json_contract(files):
+    done = cli("ocr", str(files / "invoice.png"), str(files / "report.pdf"), "--model", "tesseract",
+               "--pages", "1,3", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    out = json.loads(done.stdout)
+    assert set(out) == {"documents", "recovery_events"} and out["recovery_events"] == []
+    invoice, report = out["documents"]
+    assert invoice["error"] is None and invoice["file"].endswith("invoice.png")
+    (page,) = invoice["pages"]
+    assert set(page) == PAGE_KEYS
+    assert page["page"] == 1 and page["model"] == "tesseract" and page["task"] == "text"
+    assert "Invoice number 4521" in page["text"] and page["device"] == "cpu"
+    assert page["blocks"][0]["bbox"] and page["seconds"] > 0
+    assert [p["page"] for p in report["pages"]] == [1, 3]
+    assert "page 3" in report["pages"][1]["text"]
+
+
+def test_one_failure_exits_1_and_the_rest_still_have_results(files):
+    done = cli("ocr", str(files / "broken.png"), str(files / "english.png"), str(files / "missing.png"),
+               "--model", "tesseract", "--format", "json")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    broken, english, missing = json.loads(done.stdout)["documents"]
+    assert broken["error"].startswith("broken.png: the image data is damaged") and broken["pages"] == []
+    assert "\n" not in broken["error"]
+    assert "Hello from the command line" in english["pages"][0]["text"] and english["error"] is None
+    assert missing["error"] == "missing.png: no such file"
+
+
+def test_txt_and_out_dir(files, tmp_path):
+    done = cli("ocr", str(files / "english.png"), "--model", "rapidocr", "--format", "txt")
+    assert done.returncode == 0, done.stderr
+    assert "Hello from the command line" in done.stdout
+    done = cli("ocr", str(files / "report.pdf"), "--model", "tesseract", "--format", "md", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "page 3" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["ocr", "x.png", "--model", "nonexistent"], "unknown model 'nonexistent'"),
+    (["ocr", "x.png", "--model", "rapidocr", "--task", "markdown"], "rapidocr does not do 'markdown'"),
+    (["ocr", "x.png", "--format", "docx"], "invalid choice: 'docx'"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_usage_errors_exit_2_without_traceback(args, message):
+    done = cli(*args)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_page_selection_is_a_document_error(files):
+    done = cli("ocr", str(files / "report.pdf"), "--model", "tesseract", "--pages", "7", "--format", "json")
+    assert done.returncode == 1
+    error = json.loads(done.stdout)["documents"][0]["error"]
+    assert error == "report.pdf: page selection '7': page 7 is past the last page (3)"
