@@ -49,8 +49,8 @@ def model_catalog() -> list[ModelStatus]:
 
 
 def model_label(status: ModelStatus) -> str:
-    mark = "✅" if status.availability.available else "⛔"
-    return f"{mark} {status.label}"
+    state = "ready" if status.availability.available else status.availability.status
+    return f"{status.label} — {state}"
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
