@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.common import get_loader, model_catalog, model_label
+from utils import gpu
 from utils.config import ConfigError
 
 st.set_page_config(page_title="ChatVLMLLM OCR", page_icon="📄", layout="wide")
@@ -30,7 +31,30 @@ def sidebar() -> None:
                 st.code(availability.fix, language="bash")
         with st.expander("All models"):
             for status in catalog:
-                st.markdown(f"{model_label(status)} `{status.name}` — {status.availability.status}")
+                st.markdown(f"`{status.name}` {model_label(status)}")
+        guard_status()
+        gpu_monitor()
+
+
+def guard_status() -> None:
+    loader = get_loader()
+    st.caption(f"Profile: **{loader.profile_name}**")
+    events = loader.recovery_events()
+    if events:
+        last = events[-1]
+        st.warning(f"{len(events)} recovery event(s); last: {last.kind} → {last.action}", icon="⚠️")
+
+
+@st.fragment(run_every=5)
+def gpu_monitor() -> None:
+    for card in gpu.readings():
+        used, total = card.memory_used_mb, card.memory_total_mb
+        if used is not None and total:
+            st.progress(min(used / total, 1.0), text=f"{card.name}: {used / 1024:.1f} / {total / 1024:.1f} GiB")
+        extras = [f"{card.utilization_pct:.0f}% busy" if card.utilization_pct is not None else None,
+                  f"{card.temperature_c:.0f} °C" if card.temperature_c is not None else None]
+        if any(extras):
+            st.caption(" · ".join(e for e in extras if e))
 
 
 try:
@@ -41,5 +65,10 @@ except ConfigError as exc:
 
 navigation = st.navigation([
     st.Page("pages/ocr.py", title="OCR", icon="📄", url_path="ocr", default=True),
+    st.Page("pages/compare.py", title="Compare", icon="⚖️", url_path="compare"),
+    st.Page("pages/system.py", title="System", icon="🛠️", url_path="system"),
 ])
+return_to = st.session_state.pop("return_to", None)
+if return_to:
+    st.switch_page(return_to)
 navigation.run()

@@ -26,6 +26,17 @@ CATEGORY_COLOURS = {
 }
 
 
+def require_app_shell(page_path: str) -> None:
+    """Send a page opened by its own URL through app.py first.
+
+    On a fresh server Streamlit runs a URL such as /system in its legacy pages/ mode, without
+    app.py (no sidebar, no model choice); app.py then switches back to the page asked for.
+    """
+    if "model" not in st.session_state:
+        st.session_state["return_to"] = page_path
+        st.switch_page("app.py")
+
+
 def _loader_is_healthy(loader: Loader) -> bool:
     healthy = getattr(loader, "healthy", None)
     return healthy() if callable(healthy) else True

@@ -6,7 +6,8 @@ from pathlib import Path
 import streamlit as st
 
 from models.base import RunOptions
-from pages.common import UPLOAD_TYPES, document_key, draw_boxes, get_loader, model_catalog, open_upload, page_image
+from pages.common import (UPLOAD_TYPES, document_key, draw_boxes, get_loader, model_catalog, open_upload, page_image,
+                          require_app_shell)
 from utils.documents import parse_page_selection
 from utils.export import FORMATS, document_text, document_zip, page_filename, page_text
 
@@ -88,6 +89,7 @@ def _downloads(document, pages: dict) -> None:
 
 
 def main() -> None:
+    require_app_shell("pages/ocr.py")
     st.title("OCR")
     catalog = {s.name: s for s in model_catalog()}
     model = st.session_state.get("model")
