@@ -1,6 +1,8 @@
 """The OCR page in a real browser (headless Debian chromium): upload, run, read, download."""
 import pytest
 
+from tests.conftest import serve_app
+
 pytestmark = pytest.mark.browser
 
 
@@ -34,3 +36,15 @@ def test_corrupt_upload_shows_one_line_and_app_keeps_working(page, app_url, ru_e
     page.get_by_role("button", name="Run Tesseract").click()
     page.wait_for_function(
         "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('Invoice number 4521'))")
+
+
+def test_a_page_url_on_a_fresh_server_keeps_the_sidebar(browser):
+    with serve_app() as url:
+        context = browser.new_context()
+        tab = context.new_page()
+        tab.set_default_timeout(60_000)
+        tab.goto(f"{url}/system")
+        tab.locator("[data-testid=stSidebar]").get_by_text("Model", exact=True).wait_for()
+        tab.get_by_text("GPU preflight").wait_for()
+        assert tab.url.endswith("/system")
+        context.close()
