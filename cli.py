@@ -113,6 +113,65 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     return 1 if any(d["error"] for d in documents) else 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from utils.evaluation import evaluate, format_report, parse_model_list
+
+    settings = cached_settings()
+    try:
+        models = parse_model_list(args.models, settings)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not Path(args.dir).is_dir():
+        raise UsageError(f"{args.dir}: not a directory")
+    for model in models:
+        if args.task not in settings.models[model].tasks:
+            raise UsageError(f"{model} does not do '{args.task}'; it supports: "
+                             f"{', '.join(settings.models[model].tasks)}")
+
+    def progress(model: str, number: int, total: int, doc) -> None:
+        state = f"error: {doc.error}" if doc.error else f"CER {doc.cer:.1%}, {len(doc.pages)} page(s)"
+        print(f"eval {model} {number}/{total} {doc.file}: {state}", file=sys.stderr)
+
+    loader = Loader(settings)
+    try:
+        report = evaluate(Path(args.dir), models, loader, args.task, settings.documents, progress)
+    finally:
+        loader.close()
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, ensure_ascii=False, indent=2)
+        print()
+        if report.missing_truth:
+            print(f"no ground truth, not evaluated: {', '.join(report.missing_truth)}", file=sys.stderr)
+    else:
+        print(format_report(report))
+    failed = any(m.error or any(d.error for d in m.documents) for m in report.models)
+    return 1 if failed else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from utils.benchmark import format_report, run_benchmark, write_outputs
+    from utils.evaluation import parse_model_list
+
+    settings = cached_settings()
+    try:
+        models = parse_model_list(args.models, settings)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not Path(args.dir).is_dir():
+        raise UsageError(f"{args.dir}: not a directory")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="bench_pages_") as work:
+        report = run_benchmark(Path(args.dir), models, settings, Path(work), args.limit,
+                               on_progress=lambda line: print(line, file=sys.stderr))
+    print(format_report(report))
+    for path in write_outputs(report, Path(args.out)):
+        print(f"wrote {path}", file=sys.stderr)
+    return 1 if any(row.error for row in report.rows) or report.document_errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Document OCR with classic engines and VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     ocr.add_argument("--out", help="write one file per document into this folder")
     ocr.add_argument("--model-path", help="load the model from this local snapshot folder")
     ocr.set_defaults(func=cmd_ocr)
+
+    evaluate = sub.add_parser("eval", help="accuracy against ground truth: DIR holds documents and same-stem .txt "
+                                           "(pages split by form feed) and optional .keys files")
+    evaluate.add_argument("dir", metavar="DIR")
+    evaluate.add_argument("--models", help="comma-separated model names (default: config default_models)")
+    evaluate.add_argument("--task", default="text", choices=TASKS)
+    evaluate.add_argument("--json", action="store_true", help="one JSON object with per-document and aggregate figures")
+    evaluate.set_defaults(func=cmd_eval)
+
+    bench = sub.add_parser("bench", help="speed and memory through the app and through the raw engines")
+    bench.add_argument("dir", metavar="DIR")
+    bench.add_argument("--models", help="comma-separated model names (default: config default_models)")
+    bench.add_argument("--out", default="bench_out", help="folder for bench.csv, bench_pages.csv, bench.png")
+    bench.add_argument("--limit", type=int, help="at most this many pages, in file-name order")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -151,7 +151,7 @@ def test_usage_errors_exit_2(eval_dir, capsys, args, message):
 
 
 def test_eval_on_shared_scans_matches_independent_cer(shared_data, tmp_path):
-    for stem in ("en_tess_phototest", "multi_tess_eurotext", "ru_screenshot_poem_parus"):
+    for stem in ("en_tess_phototest", "ru_screenshot_poem_parus"):
         for source in (shared_data / "images").glob(f"{stem}.*"):
             (tmp_path / source.name).symlink_to(source)
     done = run_cli("eval", str(tmp_path), "--models", "tesseract,rapidocr", "--json")
@@ -159,7 +159,7 @@ def test_eval_on_shared_scans_matches_independent_cer(shared_data, tmp_path):
     assert done.returncode == 0, done.stderr
     for model in ("tesseract", "rapidocr"):
         docs = report["models"][model]["documents"]
-        assert len(docs) == 3
+        assert len(docs) == 2
         for doc in docs:
             expected = independent_document_cer([p["text"] for p in doc["pages"]],
                                                 tmp_path / (Path(doc["file"]).stem + ".txt"))
@@ -207,20 +207,20 @@ def test_bench_cli_writes_csv_and_plot(eval_dir, tmp_path):
     for source in eval_dir.glob("[lt]*.[pP]*"):  # letter.png and the two-page PDF: three pages
         (pages / source.name).symlink_to(source)
     out = tmp_path / "bench"
-    done = run_cli("bench", str(pages), "--models", "tesseract,rapidocr", "--out", str(out), "--limit", "2")
+    done = run_cli("bench", str(pages), "--models", "tesseract,rapidocr", "--out", str(out), "--limit", "1")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("2 page(s)")
+    assert done.stdout.startswith("1 page(s)")
     with (out / "bench.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["model"], r["engine"]) for r in rows] == [
         ("tesseract", "app"), ("tesseract", "raw:tesseract-cli"), ("rapidocr", "app"), ("rapidocr", "raw:rapidocr")]
     for row in rows:
-        assert row["pages"] == "2" and not row["error"]
+        assert row["pages"] == "1" and not row["error"]
         assert 0 < float(row["p50_s"]) <= float(row["p95_s"])
         assert float(row["peak_rss_mb"]) > 50
     assert float(rows[0]["load_s"]) > 0 and float(rows[3]["load_s"]) > 0
     with (out / "bench_pages.csv").open(encoding="utf-8") as handle:
-        assert len(list(csv.DictReader(handle))) == 8
+        assert len(list(csv.DictReader(handle))) == 4
     with Image.open(out / "bench.png") as plot:
         assert plot.format == "PNG" and plot.width > 500
     assert "p50 app/raw" in done.stdout

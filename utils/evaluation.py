@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from utils import metrics
-from utils.config import DocumentLimits
+from utils.config import DocumentLimits, Settings
 from utils.documents import EXTENSIONS, DocumentError, open_path
 from utils.loader import Loader
 
@@ -119,6 +119,15 @@ def _mean(values: list[float]) -> float | None:
 
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
+
+
+def parse_model_list(spec: str | None, settings: Settings) -> list[str]:
+    """"a,b" -> ["a", "b"], checked against the config; None -> the config's default_models."""
+    names = [n.strip() for n in spec.split(",") if n.strip()] if spec else list(settings.default_models)
+    unknown = [n for n in names if n not in settings.models]
+    if unknown or not names:
+        raise ValueError(f"unknown model(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(settings.models)}")
+    return list(dict.fromkeys(names))
 
 
 def find_items(folder: Path) -> list[EvalItem]:

@@ -1,0 +1,282 @@
+"""Compare page: several models on the same page(s), side by side, with a word diff and, given a
+reference text, CER / WER / keyword recall and accuracy against time. UI only: runs go through the loader."""
+from __future__ import annotations
+
+import hashlib
+import html
+
+import pandas as pd
+import streamlit as st
+
+from models.base import RunOptions
+from pages.common import (UPLOAD_TYPES, draw_boxes, get_loader, model_catalog, model_label, open_upload, page_image,
+                          require_app_shell)
+from utils import metrics
+from utils.documents import parse_page_selection
+
+TASK_LABELS = {"text": "Plain text", "markdown": "Markdown", "layout": "Layout (boxes + categories)",
+               "prompt": "Free prompt"}
+REFERENCE = "Reference text"
+DIFF_STYLE = {
+    "delete": "background:#ffd7d5;color:#82071e;text-decoration:line-through",
+    "insert": "background:#ccffd8;color:#055d20;text-decoration:none",
+}
+
+
+def _store() -> dict:
+    # {(document sha256, page index, model, task, prompt): {"result": PageResult | None, "error": str | None}}
+    return st.session_state.setdefault("compare_results", {})
+
+
+def _key(digest: str, index: int, model: str, task: str, prompt: str | None) -> tuple:
+    return digest, index, model, task, prompt if task == "prompt" else None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _run_jobs(document, digest: str, jobs: list[tuple[int, str]], task: str, prompt: str | None) -> None:
+    """Run (page, model) jobs one after another, with live progress and streamed tokens."""
+    loader = get_loader()
+    store = _store()
+    failed = 0
+    with st.status(f"Running {len(jobs)} job(s)…", expanded=True) as status:
+        bar = st.progress(0.0)
+        for done, (index, model) in enumerate(jobs):
+            bar.progress(done / len(jobs), text=f"{model} · page {index + 1} ({done + 1} of {len(jobs)})")
+            live = st.empty()
+            streamed: list[str] = []
+
+            def show_token(piece: str) -> None:
+                streamed.append(piece)
+                live.code("".join(streamed)[-2000:], language=None)
+
+            image = page_image(document, index)
+            entry = {"result": None, "error": f"page {index + 1} could not be rendered"}
+            if image is not None:
+                try:
+                    result = loader.run(model, image, task, RunOptions(prompt=prompt), on_token=show_token,
+                                        page=index, source=document.name)
+                    result.warnings = document.warnings + result.warnings
+                    entry = {"result": result, "error": None}
+                except Exception as exc:  # shown in that model's column; the other models still run
+                    entry = {"result": None, "error": _one_line(exc)}
+            store[_key(digest, index, model, task, prompt)] = entry
+            live.empty()
+            if entry["error"]:
+                failed += 1
+                st.write(f"✗ {model} · page {index + 1}: {entry['error']}")
+            else:
+                st.write(f"✓ {model} · page {index + 1}: {entry['result'].seconds:.2f} s")
+        bar.progress(1.0, text="done")
+        status.update(label=f"Ran {len(jobs)} job(s)" + (f", {failed} failed" if failed else ""),
+                      state="error" if failed else "complete", expanded=False)
+
+
+def _request_rerun(model: str) -> None:
+    st.session_state["compare_rerun"] = model
+
+
+def _reference_inputs() -> tuple[str, list[str]]:
+    """The reference (a pasted text, or an uploaded .txt which wins) and the keywords."""
+    left, right = st.columns([3, 1])
+    pasted = left.text_area(REFERENCE + " (optional)", key="compare_reference", height=120,
+                            help="The correct text of the page(s), to score each model against; "
+                                 "for several pages, separate them with a form feed or upload a .txt")
+    upload = right.file_uploader("…or a .txt file", type=["txt"], key="compare_reference_file")
+    keywords = right.text_area("Keywords, one per line", key="compare_keywords", height=68)
+    keyword_list = [line for line in keywords.splitlines() if line.strip()]
+    if upload is not None:
+        text = upload.getvalue().decode("utf-8-sig", errors="replace")
+        st.caption(f"Reference from {upload.name} ({len(text):,} characters)")
+        return text, keyword_list
+    return pasted, keyword_list
+
+
+def _reference_for_page(reference: str, indices: list[int], index: int) -> str:
+    """The page's part when the reference has one form-feed-separated part per selected page."""
+    parts = reference.split("\f")
+    return parts[indices.index(index)] if len(parts) == len(indices) > 1 else reference
+
+
+def _timing_line(result) -> str:
+    parts = [f"load {result.load_seconds:.2f} s" if result.load_seconds is not None else "already loaded",
+             f"inference {result.seconds:.2f} s"]
+    if result.tokens_per_second is not None:
+        parts.append(f"{result.tokens_per_second:.1f} tok/s")
+    return " · ".join(parts)
+
+
+def _show_column(document, index: int, model: str, label: str, entry: dict | None) -> None:
+    st.subheader(label)
+    if entry is None:
+        st.caption("Not run yet on this page.")
+    elif entry["error"]:
+        st.error(entry["error"])
+    else:
+        result = entry["result"]
+        st.caption(f"{result.device}" + (f" · {result.dtype}" if result.dtype else "") + f" · profile {result.profile}")
+        st.markdown(_timing_line(result))
+        if result.truncated:
+            st.warning("Output truncated: the model hit its token limit or a repetition stop.")
+        for warning in result.warnings:
+            st.warning(warning)
+        text_tab, md_tab, boxes_tab = st.tabs(["Text", "Markdown", f"Boxes ({len(result.blocks)})"])
+        with text_tab:
+            st.code(result.text or "(no text)", language=None, wrap_lines=True)
+        with md_tab:
+            st.markdown(result.markdown or result.text or "(no text)")
+        with boxes_tab:
+            image = page_image(document, index)
+            if image is not None:
+                st.image(draw_boxes(image, result.blocks), width="stretch")
+    st.button("↻ Rerun", key=f"compare_rerun_{model}", on_click=_request_rerun, args=(model,),
+              help=f"Run {label} again on the selected page(s); the other models keep their results")
+
+
+def diff_html(a: str, b: str) -> str:
+    """Word diff of a -> b: removed words red and struck through, added words green; text escaped."""
+    spans = []
+    for op, words in metrics.word_diff(a, b):
+        escaped = html.escape(words)
+        if op == "equal":
+            spans.append(f"<span>{escaped}</span>")
+        else:
+            tag = "del" if op == "delete" else "ins"
+            spans.append(f'<{tag} style="{DIFF_STYLE[op]}">{escaped}</{tag}>')
+    body = " ".join(spans) or "<em>(both empty)</em>"
+    return f'<div class="compare-diff" style="line-height:1.7;white-space:normal">{body}</div>'
+
+
+def _show_diff(texts: dict[str, str], labels: dict[str, str]) -> None:
+    st.subheader("Differences")
+    names = list(texts)
+    if len(names) < 2:
+        st.caption("Two outputs are needed for a diff.")
+        return
+    left, right = st.columns(2)
+    a = left.selectbox("From", names, index=0, format_func=lambda n: labels.get(n, n), key="compare_diff_a")
+    b = right.selectbox("To", names, index=1, format_func=lambda n: labels.get(n, n), key="compare_diff_b")
+    agreement = metrics.agreement(texts[a], texts[b])
+    st.caption(f"Agreement {agreement:.1%} (1 − normalised character edit distance). Words after normalisation; "
+               f"red struck: only in “{labels.get(a, a)}”, green: only in “{labels.get(b, b)}”.")
+    st.html(diff_html(texts[a], texts[b]))
+
+
+def _show_scores(outputs: dict[str, str], seconds: dict[str, float], labels: dict[str, str], reference: str,
+                 keywords: list[str]) -> None:
+    st.subheader("Accuracy against the reference")
+    rows = []
+    for model, text in outputs.items():
+        scores = metrics.score(text, reference, keywords)
+        rows.append({"Model": labels[model], "CER %": round(scores.cer * 100, 2), "WER %": round(scores.wer * 100, 2),
+                     "Keyword recall %": None if scores.keyword_recall is None else round(scores.keyword_recall * 100, 1),
+                     "Bag-of-words F1 %": round(scores.bow_f1 * 100, 1), "Seconds": round(seconds[model], 3)})
+    table = pd.DataFrame(rows)
+    if not keywords:
+        table = table.drop(columns=["Keyword recall %"])
+    st.table(table.set_index("Model"))
+    for model, text in outputs.items():
+        missed = [word for word, found in metrics.keyword_hits(text, keywords) if not found]
+        if missed:
+            st.caption(f"{labels[model]} missed: {', '.join(missed)}")
+    st.caption("Text is normalised first (Unicode NFC, dashes/quotes/ellipsis unified, whitespace folded; case kept). "
+               "Bag-of-words F1 ignores reading order.")
+    st.scatter_chart(table, x="Seconds", y="CER %", color="Model", x_label="inference seconds",
+                     y_label="CER % (lower is better)", height=260)
+
+
+def _choose(catalog: dict) -> tuple[list[str], str | None, str | None]:
+    available = [name for name, status in catalog.items() if status.availability.available]
+    unavailable = [status for status in catalog.values() if not status.availability.available]
+    left, right = st.columns([3, 1])
+    models = left.multiselect("Models (two or more)", available, default=available[:2], key="compare_models",
+                              format_func=lambda n: model_label(catalog[n]))
+    if unavailable:
+        left.caption("Not available here: " + "; ".join(f"{s.label} ({s.availability.status})" for s in unavailable))
+    shared = [t for t in TASK_LABELS if models and all(t in catalog[m].tasks for m in models)]
+    if models and not shared:
+        right.error("These models share no task.")
+        return models, None, None
+    task = right.selectbox("Task", shared or ["text"], format_func=lambda t: TASK_LABELS.get(t, t),
+                           key="compare_task")
+    prompt = st.text_area("Prompt", "Describe this document.", key="compare_prompt") if task == "prompt" else None
+    return models, task, prompt
+
+
+def main() -> None:
+    require_app_shell("pages/compare.py")
+    st.title("Compare models")
+    rerun = st.session_state.pop("compare_rerun", None)
+    catalog = {status.name: status for status in model_catalog()}
+    upload = st.file_uploader("A scan or PDF", type=UPLOAD_TYPES, key="compare_upload",
+                              help="PNG, JPEG, TIFF, WebP, BMP, GIF or PDF")
+    models, task, prompt = _choose(catalog)
+    if upload is None:
+        st.caption("Upload a document, pick two or more models and run them on the same page.")
+        return
+    document = open_upload(upload)
+    if document is None or task is None:
+        return
+    digest = hashlib.sha256(document.data).hexdigest()
+    selection = "1"
+    if document.page_count > 1:
+        selection = st.text_input(f"Pages (of {document.page_count})", "1", key="compare_pages",
+                                  help='Like "1-3,7"; empty = all pages')
+    try:
+        indices = parse_page_selection(selection, document.page_count)
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    reference, keywords = _reference_inputs()
+
+    store = _store()
+    if st.button(f"Run {len(models)} models", type="primary", disabled=len(models) < 2, key="compare_run"):
+        jobs = [(i, m) for m in models for i in indices if _key(digest, i, m, task, prompt) not in store]
+        if jobs:
+            _run_jobs(document, digest, jobs, task, prompt)
+        else:
+            st.info("Every chosen model already has a result for these pages; use ↻ Rerun on one to run it again.")
+    if rerun in models:
+        _run_jobs(document, digest, [(i, rerun) for i in indices], task, prompt)
+    if len(models) < 2:
+        st.info("Pick at least two models to compare.")
+    if not models:
+        return
+
+    labels = {m: catalog[m].label for m in models}
+    index = indices[0]
+    if len(indices) > 1:
+        index = st.selectbox("Show page", indices, format_func=lambda i: f"Page {i + 1}", key="compare_view_page")
+    columns = st.columns(len(models))
+    for column, model in zip(columns, models):
+        with column:
+            _show_column(document, index, model, labels[model], store.get(_key(digest, index, model, task, prompt)))
+
+    page_texts = {m: store[k]["result"].text for m in models
+                  if (k := _key(digest, index, m, task, prompt)) in store and store[k]["result"] is not None}
+    diff_sources = dict(page_texts)
+    diff_labels = dict(labels)
+    if reference.strip():
+        diff_sources[REFERENCE] = _reference_for_page(reference, indices, index)
+        diff_labels[REFERENCE] = REFERENCE
+    _show_diff(diff_sources, diff_labels)
+
+    if reference.strip():
+        outputs, seconds = {}, {}
+        for model in models:
+            entries = [store.get(_key(digest, i, model, task, prompt)) for i in indices]
+            if all(e is not None and e["result"] is not None for e in entries):
+                outputs[model] = "\n".join(e["result"].text for e in entries)
+                seconds[model] = sum(e["result"].seconds for e in entries)
+        if outputs:
+            _show_scores(outputs, seconds, labels, reference, keywords)
+            if len(indices) > 1:
+                st.caption(f"Scored on pages {', '.join(str(i + 1) for i in indices)} joined, against the whole reference.")
+        else:
+            st.caption("Run the models to score them against the reference.")
+
+
+main()
