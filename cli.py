@@ -3,6 +3,8 @@
   python cli.py models
   python cli.py ocr FILE... --model NAME [--task text|markdown|layout] [--pages 1-3]
                            [--format json|txt|md] [--out DIR] [--model-path DIR]
+  python cli.py eval DIR [--models a,b] [--task text] [--json]
+  python cli.py bench DIR [--models a,b] [--out bench_out] [--limit N]
 """
 from __future__ import annotations
 
