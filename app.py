@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.common import get_loader, model_catalog, model_label
+from pages.model_setup import weights_controls
 from utils import gpu
 from utils.config import ConfigError
 
@@ -29,6 +30,7 @@ def sidebar() -> None:
             st.error(f"{availability.status}: {availability.reason}")
             if availability.fix:
                 st.code(availability.fix, language="bash")
+            weights_controls(by_name[name])
         with st.expander("All models"):
             for status in catalog:
                 st.markdown(f"`{status.name}` {model_label(status)}")

@@ -16,8 +16,9 @@ def page_png() -> bytes:
 
 
 def start(png: bytes, reference: str = "", keywords: str = "") -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / "compare.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
+    at.switch_page("pages/compare.py").run()
     assert not at.exception
     at.file_uploader(key="compare_upload").upload("invoice.png", png, "image/png").run()
     at.text_area(key="compare_reference").set_value(reference)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from utils.result import TASKS
 
@@ -49,6 +49,9 @@ class GuardSettings(_Strict):
     fatal_limit: int = Field(3, ge=1)
     fatal_window_s: float = Field(600, gt=0)
     max_resident_models: int = Field(1, ge=1)
+    # After an out-of-memory error the request is retried at the next smaller pixel budget, then token cap.
+    oom_pixel_steps: list[PositiveInt] = Field(default_factory=lambda: [1_003_520, 501_760, 250_880])
+    oom_token_steps: list[PositiveInt] = Field(default_factory=lambda: [2048, 1024, 512])
 
 
 class ModelSpec(_Strict):
@@ -58,6 +61,9 @@ class ModelSpec(_Strict):
     hub_id: str | None = None
     revision: str | None = None
     local_path: str | None = None
+    # Deadline for one page of this model, loading included; None = guard.request_timeout_s
+    # (+ load_timeout_s on a cold worker). Fast engines set it low so a hang is caught quickly.
+    timeout_s: float | None = Field(None, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("tasks")
@@ -152,6 +158,16 @@ def load_settings(path: str | Path | None = None, overlay: str | Path | None = N
         overlay = Path(overlay)
         data = _deep_merge(data, _read_yaml(overlay))
         source = f"{path.name}+{overlay.name}"
+    return _validated(data, source)
+
+
+def with_overlay(settings: Settings, overlay: str | Path) -> Settings:
+    """Settings already loaded (and perhaps changed in code) overlaid with a profile file, validated again."""
+    overlay = Path(overlay)
+    return _validated(_deep_merge(settings.model_dump(), _read_yaml(overlay)), f"settings+{overlay.name}")
+
+
+def _validated(data: dict, source: str) -> Settings:
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:

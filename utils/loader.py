@@ -1,4 +1,7 @@
-"""The single door through which the UI and the CLI run a model on a page."""
+"""The single door through which the UI and the CLI run a model on a page.
+
+Models run in a supervised worker process (utils/cuda_recovery.py); this process never touches CUDA.
+"""
 from __future__ import annotations
 
 import threading
@@ -7,11 +10,13 @@ from dataclasses import dataclass
 from PIL import Image
 
 from models.base import Availability, RunOptions, TokenCallback, adapter_class
-from utils.adapter_pool import AdapterPool, ModelUnavailable
-from utils.config import ConfigError, Settings, cached_settings
+from utils.adapter_pool import ModelUnavailable
+from utils.config import CPU_FALLBACK_CONFIG, ConfigError, Settings, cached_settings, with_overlay
+from utils.cuda_recovery import RecoveryEvent, RequestFailed, Supervisor, SystemInfo
 from utils.result import PageResult
 
-__all__ = ["Loader", "ModelStatus", "ModelUnavailable", "ConfigError"]
+__all__ = ["Loader", "ModelStatus", "ModelUnavailable", "ConfigError", "RequestFailed", "RecoveryEvent",
+           "SystemInfo"]
 
 
 @dataclass(frozen=True)
@@ -23,10 +28,18 @@ class ModelStatus:
 
 
 class Loader:
-    def __init__(self, settings: Settings | None = None):
-        self.settings = settings or cached_settings()
-        self._pool = AdapterPool(self.settings)
-        self._lock = threading.Lock()  # one inference at a time: one model resident, one device
+    """`fallback` is the CPU profile switched to when the GPU cannot be trusted; by default
+    `settings` overlaid with config_cpu_fallback.yaml."""
+
+    def __init__(self, settings: Settings | None = None, fallback: Settings | None = None):
+        settings = settings or cached_settings()
+        self._supervisor = Supervisor(settings, fallback or with_overlay(settings, CPU_FALLBACK_CONFIG))
+        self._lock = threading.Lock()  # one inference at a time: one worker, one device
+
+    @property
+    def settings(self) -> Settings:
+        """The settings of the profile in use (the CPU profile after a fallback)."""
+        return self._supervisor.settings
 
     def status(self, name: str) -> ModelStatus:
         spec = self.settings.model(name)
@@ -48,16 +61,35 @@ class Loader:
     def run(self, model: str, image: Image.Image, task: str = "text", options: RunOptions | None = None,
             on_token: TokenCallback | None = None, page: int | None = None,
             source: str | None = None) -> PageResult:
+        """Raises the worker's own exception type for bad input, RequestFailed when recovery gave up."""
         with self._lock:
-            result = self._pool.run(model, image, task, options, on_token)
+            result = self._supervisor.run(model, image, task, options, on_token)
         result.page = page
         result.source = source
         return result
 
+    def set_model_path(self, model: str, path: str | None) -> None:
+        """Load `model` from a local snapshot folder (None: back to the Hugging Face cache)."""
+        with self._lock:
+            self._supervisor.set_local_path(model, path)
+
     @property
     def resident_models(self) -> list[str]:
-        return self._pool.resident
+        return self._supervisor.resident_models
+
+    @property
+    def profile_name(self) -> str:
+        return self._supervisor.profile_name
+
+    def recovery_events(self) -> list[RecoveryEvent]:
+        return self._supervisor.events()
+
+    def system_info(self) -> SystemInfo:
+        return self._supervisor.system_info()
+
+    def healthy(self) -> bool:
+        return self._supervisor.healthy()
 
     def close(self) -> None:
         with self._lock:
-            self._pool.close()
+            self._supervisor.close()
