@@ -148,3 +148,31 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def app_test(monkeypatch):
+    """AppTest of app.py, every rerun going through app.py as on a live server.
+
+    AppTest re-detects the pages/ folder before each run and then reruns only the page script
+    (Streamlit's legacy multipage mode); a live server leaves that mode once app.py calls
+    st.navigation, which is what this reproduces.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.testing.v1 import AppTest
+
+    original_init = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+    def start(timeout: float = 120) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+        at.run()
+        assert not at.exception, at.exception
+        return at
+
+    return start

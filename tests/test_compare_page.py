@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ROOT, png_bytes, render_text_page
+from tests.conftest import png_bytes, render_text_page
 
 LINES = ["Invoice 4521 for March services", "Please pay within fourteen days"]
 REFERENCE = "\n".join(LINES)
@@ -15,9 +15,8 @@ def page_png() -> bytes:
     return png_bytes(render_text_page(LINES, size=32))
 
 
-def start(png: bytes, reference: str = "", keywords: str = "") -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.run()
+def start(app_test, png: bytes, reference: str = "", keywords: str = "") -> AppTest:
+    at = app_test()
     at.switch_page("pages/compare.py").run()
     assert not at.exception
     at.file_uploader(key="compare_upload").upload("invoice.png", png, "image/png").run()
@@ -39,8 +38,8 @@ def results(at: AppTest) -> dict:
     return dict(at.session_state["compare_results"])
 
 
-def test_two_models_side_by_side_with_scores_and_diff(page_png):
-    at = start(page_png, REFERENCE, "4521\nZebra")
+def test_two_models_side_by_side_with_scores_and_diff(app_test, page_png):
+    at = start(app_test, page_png, REFERENCE, "4521\nZebra")
     assert at.multiselect(key="compare_models").value == ["tesseract", "rapidocr"]
     assert at.button(key="compare_run").label == "Run 2 models"
     run_models(at)
@@ -64,8 +63,8 @@ def test_two_models_side_by_side_with_scores_and_diff(page_png):
     assert any(c.value.startswith("Agreement ") for c in at.caption)
 
 
-def test_diff_against_reference_marks_changes_and_escapes_text(page_png):
-    at = run_models(start(page_png, "Invoice <b>4521</b> for April & services\nPlease pay within fourteen days"))
+def test_diff_against_reference_marks_changes_and_escapes_text(app_test, page_png):
+    at = run_models(start(app_test, page_png, "Invoice <b>4521</b> for April & services\nPlease pay within fourteen days"))
     at.selectbox(key="compare_diff_b").set_value("Reference text").run()
     diff = at.html[0].proto.body
     assert "<del" in diff and "<ins" in diff
@@ -77,8 +76,8 @@ def test_diff_against_reference_marks_changes_and_escapes_text(page_png):
     assert inserted == ["&lt;b&gt;4521&lt;/b&gt;", "April &amp;"]
 
 
-def test_rerun_of_one_model_keeps_the_others_and_reference_edits_do_not_rerun(page_png):
-    at = run_models(start(page_png, REFERENCE))
+def test_rerun_of_one_model_keeps_the_others_and_reference_edits_do_not_rerun(app_test, page_png):
+    at = run_models(start(app_test, page_png, REFERENCE))
     before = results(at)
     assert sorted(key[2] for key in before) == ["rapidocr", "tesseract"]
 
@@ -101,8 +100,8 @@ def test_rerun_of_one_model_keeps_the_others_and_reference_edits_do_not_rerun(pa
     assert all(results(at)[k] is after_rerun[k] for k in after_rerun)
 
 
-def test_needs_two_models_and_rejects_bad_uploads(page_png):
-    at = start(page_png)
+def test_needs_two_models_and_rejects_bad_uploads(app_test, page_png):
+    at = start(app_test, page_png)
     at.multiselect(key="compare_models").set_value(["tesseract"]).run()
     assert at.button(key="compare_run").disabled
     assert any("at least two models" in i.value for i in at.info)

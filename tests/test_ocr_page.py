@@ -1,25 +1,15 @@
 """The OCR page driven headless through AppTest, as a user would click it."""
 import json
 
-from streamlit.testing.v1 import AppTest
-
-from tests.conftest import ROOT
 from tests.test_documents import make_pdf
 
 
-def start_app() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.run()
-    assert not at.exception
-    return at
-
-
-def button(at: AppTest, prefix: str):
+def button(at, prefix: str):
     return next(b for b in at.button if b.label.startswith(prefix))
 
 
-def test_upload_run_read_and_download(ru_en_png):
-    at = start_app()
+def test_upload_run_read_and_download(app_test, ru_en_png):
+    at = app_test()
     assert at.session_state["model"] == "tesseract"
     at.file_uploader[0].upload("invoice.png", ru_en_png, "image/png").run()
     assert not at.error
@@ -32,8 +22,8 @@ def test_upload_run_read_and_download(ru_en_png):
     assert any(m.label == "Device" for m in at.metric)
 
 
-def test_multipage_pdf_runs_selected_pages_and_offers_a_zip():
-    at = start_app()
+def test_multipage_pdf_runs_selected_pages_and_offers_a_zip(app_test):
+    at = app_test()
     at.file_uploader[0].upload("report.pdf", make_pdf(3), "application/pdf").run()
     assert at.number_input[0].label == "Page (of 3)"
     at.text_input[0].set_value("1-2").run()
@@ -43,8 +33,8 @@ def test_multipage_pdf_runs_selected_pages_and_offers_a_zip():
     assert [d.label for d in at.download_button][-1] == "⬇ ZIP (all pages)"
 
 
-def test_corrupt_file_gets_one_line_message_and_the_good_one_still_works(ru_en_png):
-    at = start_app()
+def test_corrupt_file_gets_one_line_message_and_the_good_one_still_works(app_test, ru_en_png):
+    at = app_test()
     at.file_uploader[0].upload("good.png", ru_en_png, "image/png")
     at.file_uploader[0].upload("broken.png", ru_en_png[:300], "image/png").run()
     assert [e.value for e in at.error] == [
@@ -55,8 +45,8 @@ def test_corrupt_file_gets_one_line_message_and_the_good_one_still_works(ru_en_p
     assert "Invoice number 4521" in at.text_area[0].value
 
 
-def test_layout_task_draws_boxes(ru_en_png):
-    at = start_app()
+def test_layout_task_draws_boxes(app_test, ru_en_png):
+    at = app_test()
     at.file_uploader[0].upload("invoice.png", ru_en_png, "image/png").run()
     task = next(s for s in at.selectbox if s.label == "Task")
     task.set_value("layout").run()
