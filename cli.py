@@ -17,6 +17,7 @@ from utils.config import ConfigError, Settings, cached_settings
 from utils.documents import DocumentError, open_path
 from utils.export import document_text
 from utils.loader import Loader
+from utils.messages import one_line
 from utils.result import TASKS
 
 # Fields of each page in `ocr --format json`, in this order.
@@ -26,11 +27,6 @@ PAGE_FIELDS = ("page", "model", "task", "text", "markdown", "blocks", "device", 
 
 class UsageError(Exception):
     """Wrong command-line usage: exit code 2."""
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def settings_with_model_path(settings: Settings, model: str, model_path: str | None) -> Settings:
@@ -115,16 +111,24 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     return 1 if any(d["error"] for d in documents) else 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from utils.evaluation import evaluate, format_report, parse_model_list
+def _models_over_folder(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The --models of eval/bench, checked, and the folder they run over."""
+    from utils.evaluation import parse_model_list
 
-    settings = cached_settings()
     try:
         models = parse_model_list(args.models, settings)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if not Path(args.dir).is_dir():
         raise UsageError(f"{args.dir}: not a directory")
+    return models
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from utils.evaluation import evaluate, format_report
+
+    settings = cached_settings()
+    models = _models_over_folder(args, settings)
     for model in models:
         if args.task not in settings.models[model].tasks:
             raise UsageError(f"{model} does not do '{args.task}'; it supports: "
@@ -154,15 +158,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
     from utils.benchmark import format_report, run_benchmark, write_outputs
-    from utils.evaluation import parse_model_list
 
     settings = cached_settings()
-    try:
-        models = parse_model_list(args.models, settings)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if not Path(args.dir).is_dir():
-        raise UsageError(f"{args.dir}: not a directory")
+    models = _models_over_folder(args, settings)
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1")
     with tempfile.TemporaryDirectory(prefix="bench_pages_") as work:

@@ -40,8 +40,15 @@ from models import weights
 from models.base import Availability, ModelAdapter, RunOptions, TokenCallback
 from models.qwen_vl import fit_to_budget
 from utils.config import ModelSpec
-from utils.optimized_generation import (VLMOptions, choose_attention, choose_dtype, cuda_bf16_supported,
-                                        generate_text, pick_device, token_cap)
+from utils.optimized_generation import (
+    VLMOptions,
+    choose_attention,
+    choose_dtype,
+    cuda_bf16_supported,
+    generate_text,
+    pick_device,
+    token_cap,
+)
 
 # The official prompt modes (dots_ocr/utils/prompts.py).
 PROMPT_MODES = {

@@ -23,8 +23,15 @@ from pydantic import Field, model_validator
 from models import weights
 from models.base import Availability, ModelAdapter, RunOptions, TokenCallback
 from utils.config import ModelSpec
-from utils.optimized_generation import (VLMOptions, choose_attention, choose_dtype, cuda_bf16_supported,
-                                        generate_text, pick_device, token_cap)
+from utils.optimized_generation import (
+    VLMOptions,
+    choose_attention,
+    choose_dtype,
+    cuda_bf16_supported,
+    generate_text,
+    pick_device,
+    token_cap,
+)
 
 UNIT = {"qwen2_vl": 28, "qwen3_vl": 32}
 MAX_ASPECT = 200  # qwen-vl-utils' smart_resize refuses more

@@ -9,10 +9,19 @@ import pandas as pd
 import streamlit as st
 
 from models.base import RunOptions
-from pages.common import (UPLOAD_TYPES, draw_boxes, get_loader, model_catalog, model_label, open_upload, page_image,
-                          require_app_shell)
+from pages.common import (
+    UPLOAD_TYPES,
+    draw_boxes,
+    get_loader,
+    model_catalog,
+    model_label,
+    open_upload,
+    page_image,
+    require_app_shell,
+)
 from utils import metrics
 from utils.documents import parse_page_selection
+from utils.messages import one_line
 
 TASK_LABELS = {"text": "Plain text", "markdown": "Markdown", "layout": "Layout (boxes + categories)",
                "prompt": "Free prompt"}
@@ -30,11 +39,6 @@ def _store() -> dict:
 
 def _key(digest: str, index: int, model: str, task: str, prompt: str | None) -> tuple:
     return digest, index, model, task, prompt if task == "prompt" else None
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _run_jobs(document, digest: str, jobs: list[tuple[int, str]], task: str, prompt: str | None) -> None:
@@ -62,7 +66,7 @@ def _run_jobs(document, digest: str, jobs: list[tuple[int, str]], task: str, pro
                     result.warnings = document.warnings + result.warnings
                     entry = {"result": result, "error": None}
                 except Exception as exc:  # shown in that model's column; the other models still run
-                    entry = {"result": None, "error": _one_line(exc)}
+                    entry = {"result": None, "error": one_line(exc)}
             store[_key(digest, index, model, task, prompt)] = entry
             live.empty()
             if entry["error"]:

@@ -8,6 +8,7 @@ import streamlit as st
 from models.weights import download_weights, weights_problem
 from pages.common import get_loader, model_catalog
 from utils.loader import ModelStatus
+from utils.messages import one_line
 
 
 def _download(name: str) -> None:
@@ -23,7 +24,7 @@ def _download(name: str) -> None:
         download_weights(spec, progress)
     except Exception as exc:  # no network, disk full, gated repo: one line for the user
         bar.empty()
-        st.error(f"Download of {spec.hub_id} failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+        st.error(f"Download of {spec.hub_id} failed: {one_line(exc)}")
         return
     bar.empty()
     model_catalog.clear()

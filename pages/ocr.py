@@ -6,10 +6,19 @@ from pathlib import Path
 import streamlit as st
 
 from models.base import RunOptions
-from pages.common import (UPLOAD_TYPES, document_key, draw_boxes, get_loader, model_catalog, open_upload, page_image,
-                          require_app_shell)
+from pages.common import (
+    UPLOAD_TYPES,
+    document_key,
+    draw_boxes,
+    get_loader,
+    model_catalog,
+    open_upload,
+    page_image,
+    require_app_shell,
+)
 from utils.documents import parse_page_selection
 from utils.export import FORMATS, document_text, document_zip, page_filename, page_text
+from utils.messages import one_line
 
 MIME = {"txt": "text/plain", "md": "text/markdown", "json": "application/json"}
 TASK_LABELS = {"text": "Plain text", "markdown": "Markdown", "layout": "Layout (boxes + categories)",
@@ -42,7 +51,7 @@ def _run(document, indices, model, task, options) -> None:
         except Exception as exc:  # the message is for the user; earlier pages' results are kept
             progress.empty()
             stream_box.empty()
-            st.error(f"{document.name}, page {index + 1}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            st.error(f"{document.name}, page {index + 1}: {one_line(exc)}")
             return
         result.warnings = document.warnings + result.warnings
         store[index] = result

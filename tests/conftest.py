@@ -31,6 +31,17 @@ RU_EN_LINES = [
 ]
 
 
+def dp_levenshtein(a, b) -> int:
+    """Plain dynamic-programming edit distance: the independent check on the library's figures."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
 def font(size: int = 34) -> ImageFont.FreeTypeFont:
     for path in FONT_CANDIDATES:
         if Path(path).exists():

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import cli
-from tests.conftest import ROOT, render_text_page
+from tests.conftest import ROOT, dp_levenshtein, render_text_page
 from utils import benchmark
 
 PAGE_ONE = ["Invoice 4521 for March services", "Счёт № 17 — «Ромашка» оплачен…", "Thank you for your order"]
@@ -35,14 +35,6 @@ def independent_normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def dp_levenshtein(a: str, b: str) -> int:
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
 
 
 def independent_document_cer(page_texts: list[str], truth_file: Path) -> float:

@@ -6,17 +6,8 @@ import unicodedata
 
 import pytest
 
+from tests.conftest import dp_levenshtein
 from utils import metrics
-
-
-def dp_levenshtein(a, b) -> int:
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
 
 
 def test_normalize_folds_whitespace_dashes_quotes_and_ellipsis():

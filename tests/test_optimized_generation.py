@@ -11,7 +11,6 @@ from tests.conftest_vlm import CPU, RunOptions, page, spec, tiny_models  # noqa:
 from utils import optimized_generation as og
 from utils.optimized_generation import LoopGuardOptions
 
-
 # ---------------------------------------------------------------- dtype and attention
 
 

@@ -32,6 +32,7 @@ from PIL import Image
 from utils.config import DocumentLimits, Settings
 from utils.documents import EXTENSIONS, DocumentError, open_path
 from utils.loader import Loader
+from utils.messages import one_line
 
 MB = 1024 * 1024
 
@@ -191,7 +192,7 @@ def bench_app(loader: Loader, model: str, pages: list[PageRef], task: str = "tex
                     row.load_seconds = (row.load_seconds or 0.0) + result.load_seconds
                 row.latencies.append(wall - (result.load_seconds or 0.0))
     except Exception as exc:  # one model failing must not end the benchmark of the others
-        row.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        row.error = f"{type(exc).__name__}: {one_line(exc)}"
     row.peak_rss_mb, row.added_rss_mb, row.peak_vram_mb = memory.peak_mb, memory.added_mb, memory.peak_vram_mb
     return row
 

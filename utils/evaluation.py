@@ -25,6 +25,7 @@ from utils import metrics
 from utils.config import DocumentLimits, Settings
 from utils.documents import EXTENSIONS, DocumentError, open_path
 from utils.loader import Loader
+from utils.messages import one_line
 
 
 @dataclass(frozen=True)
@@ -196,17 +197,12 @@ def evaluate_document(loader: Loader, model: str, item: EvalItem, task: str = "t
                 warnings=document.warnings + result.warnings))
         _score_document(doc, truths, keywords)
     except DocumentError as exc:
-        doc.error = _one_line(exc)
+        doc.error = one_line(exc)
     except UnicodeDecodeError as exc:
         doc.error = f"{item.truth.name if item.truth else item.document.name}: not UTF-8 text ({exc.reason})"
     except Exception as exc:  # a failing page must not end the evaluation of the other documents
-        doc.error = f"{item.document.name}: {type(exc).__name__}: {_one_line(exc)}"
+        doc.error = f"{item.document.name}: {type(exc).__name__}: {one_line(exc)}"
     return doc
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def evaluate(folder: Path, models: list[str], loader: Loader, task: str = "text",

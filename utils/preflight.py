@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 
 from utils import gpu
 from utils.config import Settings
-from utils.worker import classify, one_line, python_command
+from utils.messages import one_line
+from utils.worker import classify, python_command
 
 BLACKWELL_INDEX = "https://download.pytorch.org/whl/cu128"
 CURRENT_INDEX = "https://download.pytorch.org/whl/cu126"

@@ -28,6 +28,7 @@ from models.base import RunOptions, TokenCallback
 from utils.adapter_pool import AdapterPool
 from utils.config import ROOT, Settings
 from utils.fault_injection import FaultInjector
+from utils.messages import one_line
 from utils.result import PageResult
 
 # CUDA runtime errors after which the context is unusable until the process exits (cudaError_t values).
@@ -96,12 +97,6 @@ class Outcome:
     exitcode: int | None = None
     callback_error: BaseException | None = None
     faults_left: int | None = None  # set when the worker took an injected fault
-
-
-def one_line(exc: BaseException) -> str:
-    text = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _is_out_of_memory(exc: BaseException, text: str) -> bool:
