@@ -44,7 +44,7 @@ def guard_status() -> None:
     events = loader.recovery_events()
     if events:
         last = events[-1]
-        st.warning(f"{len(events)} recovery event(s); last: {last.kind} → {last.action}", icon="⚠️")
+        st.warning(f"{len(events)} recovery event(s); last: {last.kind} → {last.action}", icon=":material/warning:")
 
 
 @st.fragment(run_every=5)
@@ -66,9 +66,9 @@ except ConfigError as exc:
     st.stop()
 
 navigation = st.navigation([
-    st.Page("pages/ocr.py", title="OCR", icon="📄", url_path="ocr", default=True),
-    st.Page("pages/compare.py", title="Compare", icon="⚖️", url_path="compare"),
-    st.Page("pages/system.py", title="System", icon="🛠️", url_path="system"),
+    st.Page("pages/ocr.py", title="OCR", icon=":material/description:", url_path="ocr", default=True),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+    st.Page("pages/system.py", title="System", icon=":material/monitor_heart:", url_path="system"),
 ])
 return_to = st.session_state.pop("return_to", None)
 if return_to:

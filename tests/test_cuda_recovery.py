@@ -59,8 +59,9 @@ def _is_worker(process: psutil.Process) -> bool:
 
 
 def worker_processes() -> list[psutil.Process]:
-    """Our worker processes, and any zombie child."""
-    return [p for p in psutil.Process().children(recursive=True) if _is_worker(p)]
+    """Our worker processes, and any zombie child. Only direct children: a browser test's server and
+    chromium, alive for the whole session, start processes of their own."""
+    return [p for p in psutil.Process().children() if _is_worker(p)]
 
 
 @pytest.fixture
