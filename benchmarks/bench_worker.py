@@ -25,7 +25,7 @@ from utils.config import cached_settings  # noqa: E402
 from utils.documents import EXTENSIONS, open_path  # noqa: E402
 from utils.loader import Loader  # noqa: E402
 
-DEFAULT_DIR = Path("/work/shared/data/images")
+DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "images"
 
 
 def load_pages(folder: Path, limit: int | None) -> list[tuple[str, object]]:
