@@ -16,6 +16,8 @@ from utils.loader import Loader, ModelStatus
 from utils.result import Block
 
 UPLOAD_TYPES = ACCEPTED_SUFFIXES
+TASK_LABELS = {"text": "Plain text", "markdown": "Markdown", "layout": "Layout (boxes + categories)",
+               "prompt": "Free prompt"}
 _loader_lock = threading.Lock()
 
 CATEGORY_COLOURS = {
@@ -80,7 +82,7 @@ def open_upload(uploaded) -> Document | None:
 
 
 def document_key(document: Document) -> str:
-    return f"{document.name}:{hashlib.sha256(document.data).hexdigest()[:16]}"
+    return f"{document.name}:{document.digest[:16]}"
 
 
 @st.cache_data(max_entries=64, show_spinner="Rendering page…")

@@ -2,7 +2,6 @@
 reference text, CER / WER / keyword recall and accuracy against time. UI only: runs go through the loader."""
 from __future__ import annotations
 
-import hashlib
 import html
 
 import pandas as pd
@@ -10,6 +9,7 @@ import streamlit as st
 
 from models.base import RunOptions
 from pages.common import (
+    TASK_LABELS,
     UPLOAD_TYPES,
     draw_boxes,
     get_loader,
@@ -23,8 +23,6 @@ from utils import metrics
 from utils.documents import parse_page_selection
 from utils.messages import one_line
 
-TASK_LABELS = {"text": "Plain text", "markdown": "Markdown", "layout": "Layout (boxes + categories)",
-               "prompt": "Free prompt"}
 REFERENCE = "Reference text"
 DIFF_STYLE = {
     "delete": "background:#ffd7d5;color:#82071e;text-decoration:line-through",
@@ -224,7 +222,7 @@ def main() -> None:
     document = open_upload(upload)
     if document is None or task is None:
         return
-    digest = hashlib.sha256(document.data).hexdigest()
+    digest = document.digest
     selection = "1"
     if document.page_count > 1:
         selection = st.text_input(f"Pages (of {document.page_count})", "1", key="compare_pages",

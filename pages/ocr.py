@@ -7,6 +7,7 @@ import streamlit as st
 
 from models.base import RunOptions
 from pages.common import (
+    TASK_LABELS,
     UPLOAD_TYPES,
     document_key,
     draw_boxes,
@@ -21,8 +22,6 @@ from utils.export import FORMATS, document_text, document_zip, page_filename, pa
 from utils.messages import one_line
 
 MIME = {"txt": "text/plain", "md": "text/markdown", "json": "application/json"}
-TASK_LABELS = {"text": "Plain text", "markdown": "Markdown", "layout": "Layout (boxes + categories)",
-               "prompt": "Free prompt"}
 
 
 def _results() -> dict:

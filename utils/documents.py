@@ -1,9 +1,11 @@
 """Bytes in, validated page images out. Every bad input becomes one DocumentError naming the file."""
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,11 @@ class Document:
     limits: DocumentLimits
     dpi: int
     warnings: list[str] = field(default_factory=list)
+
+    @cached_property
+    def digest(self) -> str:
+        """Content hash, computed once: identifies the document in caches and kept results."""
+        return hashlib.sha256(self.data).hexdigest()
 
     def render(self, index: int) -> Image.Image:
         if not 0 <= index < self.page_count:
