@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import get_loader, model_catalog, model_label
-from pages.model_setup import weights_controls
-from utils import gpu
+from pages.ui.common import get_loader, model_catalog, model_label
+from pages.ui.model_setup import weights_controls
+from utils.engine import gpu
 from utils.config import ConfigError
 
 st.set_page_config(page_title="ChatVLMLLM OCR", page_icon="📄", layout="wide")

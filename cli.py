@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 from utils.config import ConfigError, Settings, cached_settings
-from utils.documents import DocumentError, open_path
-from utils.export import document_text
-from utils.loader import Loader
+from utils.documents.reader import DocumentError, open_path
+from utils.documents.export import document_text
+from utils.engine.loader import Loader
 from utils.messages import one_line
-from utils.result import TASKS
+from models.contract import TASKS
 
 # Fields of each page in `ocr --format json`, in this order.
 PAGE_FIELDS = ("page", "model", "task", "text", "markdown", "blocks", "device", "dtype", "profile",
@@ -113,7 +113,7 @@ def cmd_ocr(args: argparse.Namespace) -> int:
 
 def _models_over_folder(args: argparse.Namespace, settings: Settings) -> list[str]:
     """The --models of eval/bench, checked, and the folder they run over."""
-    from utils.evaluation import parse_model_list
+    from utils.quality.evaluation import parse_model_list
 
     try:
         models = parse_model_list(args.models, settings)
@@ -125,7 +125,7 @@ def _models_over_folder(args: argparse.Namespace, settings: Settings) -> list[st
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from utils.evaluation import evaluate, format_report
+    from utils.quality.evaluation import evaluate, format_report
 
     settings = cached_settings()
     models = _models_over_folder(args, settings)
@@ -157,7 +157,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
-    from utils.benchmark import format_report, run_benchmark, write_outputs
+    from utils.quality.benchmark import format_report, run_benchmark, write_outputs
 
     settings = cached_settings()
     models = _models_over_folder(args, settings)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils import fault_injection  # noqa: E402
-from utils.adapter_pool import AdapterPool  # noqa: E402
+from utils.engine import fault_injection  # noqa: E402
+from utils.engine.pool import AdapterPool  # noqa: E402
 from utils.config import cached_settings  # noqa: E402
-from utils.documents import EXTENSIONS, open_path  # noqa: E402
-from utils.loader import Loader  # noqa: E402
+from utils.documents.reader import EXTENSIONS, open_path  # noqa: E402
+from utils.engine.loader import Loader  # noqa: E402
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "images"
 

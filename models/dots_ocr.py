@@ -36,11 +36,12 @@ from typing import Literal
 from PIL import Image
 from pydantic import Field, model_validator
 
-from models import weights
-from models.base import Availability, ModelAdapter, RunOptions, TokenCallback
+from models.vlm import weights
+from models.base import ModelAdapter
+from models.contract import Availability, RunOptions, TokenCallback
 from models.qwen_vl import fit_to_budget
-from utils.config import ModelSpec
-from utils.optimized_generation import (
+from models.registry import ModelSpec
+from models.vlm.generation import (
     VLMOptions,
     choose_attention,
     choose_dtype,
@@ -289,7 +290,7 @@ class DotsOCRAdapter(ModelAdapter):
 
     def run(self, image: Image.Image, task: str, options: RunOptions,
             on_token: TokenCallback | None = None):
-        from models.layout_parsing import blocks_to_text, dots_blocks_to_markdown, parse_dots_layout
+        from models.vlm.layout_parsing import blocks_to_text, dots_blocks_to_markdown, parse_dots_layout
 
         if task not in self.supported_tasks:
             raise ValueError(f"{self.name} does not support task {task!r}")

@@ -4,7 +4,7 @@ One adapter for the family: the entries differ in options (family, pixel budget,
 Pixel budgets are in the model's own unit: 28 px for Qwen2-VL (patch 14, merge 2), 32 px for
 Qwen3-VL (patch 16). The page is resized to multiples of the unit inside [min_pixels, max_pixels]
 (qwen-vl-utils does the resize to the size computed here) and the processor is told not to resize
-again, so the budget in options, or in RunOptions.max_pixels lowered by the supervisor after an
+again, so the budget in options, or in RunOptions.max_pixels lowered by the guard after an
 OOM, is exactly what the model sees. Sides shorter than one unit are upscaled to one unit
 (qwen-vl-utils' own smart_resize can round a thin side down to 0 px); an aspect ratio above 200:1
 is rejected with a ValueError before it reaches the model.
@@ -20,10 +20,11 @@ from typing import Literal
 from PIL import Image
 from pydantic import Field, model_validator
 
-from models import weights
-from models.base import Availability, ModelAdapter, RunOptions, TokenCallback
-from utils.config import ModelSpec
-from utils.optimized_generation import (
+from models.vlm import weights
+from models.base import ModelAdapter
+from models.contract import Availability, RunOptions, TokenCallback
+from models.registry import ModelSpec
+from models.vlm.generation import (
     VLMOptions,
     choose_attention,
     choose_dtype,
@@ -161,7 +162,7 @@ class QwenVLAdapter(ModelAdapter):
 
     def run(self, image: Image.Image, task: str, options: RunOptions,
             on_token: TokenCallback | None = None):
-        from models.layout_parsing import blocks_to_text, parse_qwen_grounding
+        from models.vlm.layout_parsing import blocks_to_text, parse_qwen_grounding
 
         if task not in self.supported_tasks:
             raise ValueError(f"{self.name} does not support task {task!r}")

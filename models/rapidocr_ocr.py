@@ -9,10 +9,11 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.base import Availability, ModelAdapter, RunOptions
+from models.base import ModelAdapter
+from models.contract import Availability, RunOptions
 from models.reading_order import rows_to_text
-from utils.config import ModelSpec
-from utils.result import Block
+from models.registry import ModelSpec
+from models.contract import Block
 
 
 class RapidOCROptions(BaseModel):

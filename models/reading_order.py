@@ -1,7 +1,7 @@
 """Turn line boxes from a classic engine into text in reading order."""
 from __future__ import annotations
 
-from utils.result import Block
+from models.contract import Block
 
 
 def group_rows(blocks: list[Block]) -> list[list[Block]]:

@@ -9,9 +9,10 @@ from pathlib import Path
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.base import Availability, ModelAdapter, RunOptions
-from utils.config import ModelSpec
-from utils.result import Block
+from models.base import ModelAdapter
+from models.contract import Availability, RunOptions
+from models.registry import ModelSpec
+from models.contract import Block
 
 TESSDATA_CANDIDATES = (
     "/usr/share/tesseract-ocr/5/tessdata",

@@ -7,8 +7,8 @@ import html
 import pandas as pd
 import streamlit as st
 
-from models.base import RunOptions
-from pages.common import (
+from models.contract import RunOptions
+from pages.ui.common import (
     TASK_LABELS,
     UPLOAD_TYPES,
     draw_boxes,
@@ -19,8 +19,8 @@ from pages.common import (
     page_image,
     require_app_shell,
 )
-from utils import metrics
-from utils.documents import parse_page_selection
+from utils.quality import metrics
+from utils.documents.reader import parse_page_selection
 from utils.messages import one_line
 
 REFERENCE = "Reference text"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from models.base import RunOptions
-from pages.common import (
+from models.contract import RunOptions
+from pages.ui.common import (
     TASK_LABELS,
     UPLOAD_TYPES,
     document_key,
@@ -17,8 +17,8 @@ from pages.common import (
     page_image,
     require_app_shell,
 )
-from utils.documents import parse_page_selection
-from utils.export import FORMATS, document_text, document_zip, page_filename, page_text
+from utils.documents.reader import parse_page_selection
+from utils.documents.export import FORMATS, document_text, document_zip, page_filename, page_text
 from utils.messages import one_line
 
 MIME = {"txt": "text/plain", "md": "text/markdown", "json": "application/json"}

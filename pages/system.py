@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import get_loader, require_app_shell
-from utils import gpu
-from utils.cuda_recovery import RecoveryEvent, SystemInfo
+from pages.ui.common import get_loader, require_app_shell
+from utils.engine import gpu
+from utils.engine.guard import RecoveryEvent, SystemInfo
 
 
 def overview(info: SystemInfo) -> None:

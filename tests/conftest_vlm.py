@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from models.base import RunOptions
-from utils.config import ModelSpec, Profile
+from models.contract import RunOptions
+from models.registry import ModelSpec, Profile
 
 _BUILT: dict[str, Path] = {}
 CPU = Profile(name="test", device="cpu", dtype="auto", threads=1)

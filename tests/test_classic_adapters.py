@@ -3,7 +3,7 @@ import pytest
 from rapidfuzz.distance import Levenshtein
 
 from tests.conftest import RU_EN_LINES, render_text_page
-from utils.adapter_pool import AdapterPool
+from utils.engine.pool import AdapterPool
 from utils.config import cached_settings
 
 EN_LINES = ["The quick brown fox jumps over the lazy dog", "Invoice 4521 total 1250 dollars",

@@ -15,16 +15,16 @@ import psutil
 import pytest
 from PIL import Image
 
-from models.base import RunOptions
+from models.contract import RunOptions
 from tests.conftest import ROOT, render_text_page
-from utils import fault_injection, gpu, preflight
-from utils.adapter_pool import ModelUnavailable
+from utils.engine import fault_injection, gpu, preflight
+from utils.engine.pool import ModelUnavailable
 from utils.config import Settings, cached_settings
-from utils.cuda_recovery import RequestFailed
-from utils.fault_injection import FaultInjector
-from utils.loader import Loader
-from utils.result import PageResult
-from utils.worker import Outcome, Reply, _serve, await_reply, classify, image_from, send_image
+from utils.engine.guard import RequestFailed
+from utils.engine.fault_injection import FaultInjector
+from utils.engine.loader import Loader
+from models.contract import PageResult
+from utils.engine.worker import Outcome, Reply, _serve, await_reply, classify, image_from, send_image
 
 LINES = ["Invoice number 4521 dated 12 March 2024", "Total amount due: 1 250 roubles"]
 
@@ -51,7 +51,7 @@ def guarded_settings(**guard) -> tuple[Settings, Settings]:
 
 def _is_worker(process: psutil.Process) -> bool:
     try:
-        return process.status() == psutil.STATUS_ZOMBIE or any("utils.worker" in part for part in process.cmdline())
+        return process.status() == psutil.STATUS_ZOMBIE or any("utils.engine.worker" in part for part in process.cmdline())
     except psutil.ZombieProcess:  # an unreaped child: exactly what must not be left behind
         return True
     except psutil.NoSuchProcess:
@@ -287,7 +287,7 @@ def test_worker_exits_when_its_parent_dies(fault):
     script = textwrap.dedent("""
         import os, signal, sys, threading, time
         from PIL import Image
-        from utils.loader import Loader
+        from utils.engine.loader import Loader
         from utils.config import cached_settings
         if __name__ == "__main__":
             settings = cached_settings()

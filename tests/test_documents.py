@@ -5,7 +5,7 @@ from PIL import Image
 
 from tests.conftest import png_bytes, render_text_page
 from utils.config import DocumentLimits
-from utils.documents import DocumentError, normalize_image, open_document, open_path, parse_page_selection
+from utils.documents.reader import DocumentError, normalize_image, open_document, open_path, parse_page_selection
 
 
 def make_pdf(pages: int, password: str | None = None) -> bytes:

@@ -13,7 +13,7 @@ import torch
 from models import dots_ocr
 from models.dots_ocr import ADAPTER, PROMPT_MODES
 from tests.conftest_vlm import CPU, RunOptions, fake_generate, page, spec, tiny_models  # noqa: F401
-from utils.config import Profile
+from models.registry import Profile
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """`cli.py eval` and `cli.py bench` on generated pages (and on a few shared-data scans when present).
 
 CER from the CLI is checked against an independent computation: the normalisation written out
-again here from utils/metrics.py's docstring, and a plain dynamic-programming Levenshtein.
+again here from utils/quality/metrics.py's docstring, and a plain dynamic-programming Levenshtein.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from PIL import Image
 
 import cli
 from tests.conftest import ROOT, dp_levenshtein, render_text_page
-from utils import benchmark
+from utils.quality import benchmark
 
 PAGE_ONE = ["Invoice 4521 for March services", "Счёт № 17 — «Ромашка» оплачен…", "Thank you for your order"]
 PAGE_TWO = ["Second page of the letter", "Итого к оплате: 1 250 рублей", "Signed by the director"]

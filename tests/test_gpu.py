@@ -6,7 +6,7 @@ import sys
 from types import SimpleNamespace
 
 from tests.conftest import ROOT
-from utils import gpu
+from utils.engine import gpu
 
 
 class NVMLError(Exception):
@@ -103,5 +103,5 @@ def test_missing_library_is_quiet(monkeypatch):
 
 
 def test_the_real_library_on_this_machine_never_imports_torch():
-    code = "import sys; from utils import gpu; gpu.snapshot(); assert 'torch' not in sys.modules"
+    code = "import sys; from utils.engine import gpu; gpu.snapshot(); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

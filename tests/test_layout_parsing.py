@@ -5,14 +5,14 @@ import json
 
 import pytest
 
-from models.layout_parsing import (
+from models.vlm.layout_parsing import (
     blocks_to_text,
     dots_blocks_to_markdown,
     html_table_to_markdown,
     parse_dots_layout,
     parse_qwen_grounding,
 )
-from utils.result import Block
+from models.contract import Block
 
 # ------------------------------------------------------------------ Qwen grounding
 

@@ -1,4 +1,4 @@
-"""utils.metrics against hand-worked examples and a plain dynamic-programming Levenshtein."""
+"""utils.quality.metrics against hand-worked examples and a plain dynamic-programming Levenshtein."""
 from __future__ import annotations
 
 import random
@@ -7,7 +7,7 @@ import unicodedata
 import pytest
 
 from tests.conftest import dp_levenshtein
-from utils import metrics
+from utils.quality import metrics
 
 
 def test_normalize_folds_whitespace_dashes_quotes_and_ellipsis():

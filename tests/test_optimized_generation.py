@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.conftest_vlm import CPU, RunOptions, page, spec, tiny_models  # noqa: F401
-from utils import optimized_generation as og
-from utils.optimized_generation import LoopGuardOptions
+from models.vlm import generation as og
+from models.vlm.generation import LoopGuardOptions
 
 # ---------------------------------------------------------------- dtype and attention
 
@@ -52,7 +52,7 @@ def test_a_stub_flash_attn_module_is_not_an_install(monkeypatch):
 def test_token_cap_override_wins():
     caps = {"text": 100, "layout": 300}
     assert og.token_cap("layout", caps, None) == 300
-    assert og.token_cap("layout", caps, 40) == 40  # the supervisor's lowered retry
+    assert og.token_cap("layout", caps, 40) == 40  # the guard's lowered retry
     assert og.token_cap("prompt", caps, None, default=77) == 77
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from utils import gpu, preflight
+from utils.engine import gpu, preflight
 from utils.config import cached_settings
-from utils.loader import Loader
+from utils.engine.loader import Loader
 
 GPU = gpu.GpuReading(index=0, name="NVIDIA GeForce RTX 5090", uuid="GPU-1", capability="12.0")
 
@@ -22,7 +22,7 @@ def children() -> set[int]:
     found = set()
     for process in psutil.Process().children():  # the probe is a direct child
         try:
-            if process.status() == psutil.STATUS_ZOMBIE or "utils.preflight" in " ".join(process.cmdline()):
+            if process.status() == psutil.STATUS_ZOMBIE or "utils.engine.preflight" in " ".join(process.cmdline()):
                 found.add(process.pid)
         except psutil.ZombieProcess:  # an unreaped probe: exactly what must not be left behind
             found.add(process.pid)

@@ -5,15 +5,14 @@ Every value is checked on load; a bad one is reported as `file: key.path: what w
 from __future__ import annotations
 
 import copy
-import importlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from utils.result import TASKS
+from models.registry import EntryError, ModelSpec, Profile, check_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config.yaml"
@@ -35,13 +34,6 @@ class DocumentLimits(_Strict):
     max_pages: int = Field(300, gt=0)
 
 
-class Profile(_Strict):
-    name: str = "default"
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    threads: int = Field(0, ge=0, description="torch/engine CPU threads; 0 = library default")
-
-
 class GuardSettings(_Strict):
     request_timeout_s: float = Field(300, gt=0)
     load_timeout_s: float = Field(900, gt=0)
@@ -52,27 +44,6 @@ class GuardSettings(_Strict):
     # After an out-of-memory error the request is retried at the next smaller pixel budget, then token cap.
     oom_pixel_steps: list[PositiveInt] = Field(default_factory=lambda: [1_003_520, 501_760, 250_880])
     oom_token_steps: list[PositiveInt] = Field(default_factory=lambda: [2048, 1024, 512])
-
-
-class ModelSpec(_Strict):
-    adapter: str = Field(description="module name under models/ that defines ADAPTER")
-    label: str
-    tasks: list[str]
-    hub_id: str | None = None
-    revision: str | None = None
-    local_path: str | None = None
-    # Deadline for one page of this model, loading included; None = guard.request_timeout_s
-    # (+ load_timeout_s on a cold worker). Fast engines set it low so a hang is caught quickly.
-    timeout_s: float | None = Field(None, gt=0)
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("tasks")
-    @classmethod
-    def _known_tasks(cls, tasks: list[str]) -> list[str]:
-        bad = [t for t in tasks if t not in TASKS]
-        if bad or not tasks:
-            raise ValueError(f"expected a non-empty list of {', '.join(TASKS)}; got {tasks}")
-        return tasks
 
 
 class Settings(_Strict):
@@ -127,28 +98,6 @@ def _format_error(source: str, exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def _validate_adapter_options(source: str, settings: Settings) -> None:
-    """Each adapter validates its own `options` block with its Options model."""
-    for name, spec in settings.models.items():
-        try:
-            module = importlib.import_module(f"models.{spec.adapter}")
-        except ModuleNotFoundError:
-            raise ConfigError(f"{source}: models.{name}.adapter: expected a module in models/, "
-                              f"got {spec.adapter!r}") from None
-        adapter_cls = getattr(module, "ADAPTER", None)
-        if adapter_cls is None:
-            raise ConfigError(f"{source}: models.{name}.adapter: models/{spec.adapter}.py defines no ADAPTER")
-        try:
-            spec.options = adapter_cls.Options.model_validate(spec.options).model_dump()
-        except ValidationError as exc:
-            err = _format_error(source, exc).replace(f"{source}: ", f"{source}: models.{name}.options.")
-            raise ConfigError(err) from None
-        unsupported = [t for t in spec.tasks if t not in adapter_cls.supported_tasks]
-        if unsupported:
-            raise ConfigError(f"{source}: models.{name}.tasks: adapter {spec.adapter} supports "
-                              f"{list(adapter_cls.supported_tasks)}, got {unsupported}")
-
-
 def load_settings(path: str | Path | None = None, overlay: str | Path | None = None) -> Settings:
     """Read, overlay and validate. Raises ConfigError with the offending key."""
     path = Path(path) if path else DEFAULT_CONFIG
@@ -172,7 +121,11 @@ def _validated(data: dict, source: str) -> Settings:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(source, exc)) from None
-    _validate_adapter_options(source, settings)
+    for name, spec in settings.models.items():
+        try:
+            check_entry(spec)
+        except EntryError as exc:
+            raise ConfigError(f"{source}: models.{name}.{exc}") from None
     return settings
 
 

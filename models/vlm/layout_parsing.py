@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any, Callable
 
-from utils.result import Block
+from models.contract import Block
 
 DOTS_CATEGORIES = (
     "Caption", "Footnote", "Formula", "List-item", "Page-footer", "Page-header",

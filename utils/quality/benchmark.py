@@ -30,8 +30,8 @@ import psutil
 from PIL import Image
 
 from utils.config import DocumentLimits, Settings
-from utils.documents import EXTENSIONS, DocumentError, open_path
-from utils.loader import Loader
+from utils.documents.reader import EXTENSIONS, DocumentError, open_path
+from utils.engine.loader import Loader
 from utils.messages import one_line
 
 MB = 1024 * 1024
@@ -98,8 +98,8 @@ class MemorySampler:
 
 
 def used_vram_mb() -> float | None:
-    """Memory used on all NVIDIA GPUs, from NVML via utils/gpu.py (every process's, not only ours)."""
-    from utils import gpu
+    """Memory used on all NVIDIA GPUs, from NVML via utils/engine/gpu.py (every process's, not only ours)."""
+    from utils.engine import gpu
 
     used = [r.memory_used_mb for r in gpu.readings() if r.memory_used_mb is not None]
     return sum(used) if used else None

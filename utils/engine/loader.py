@@ -1,6 +1,6 @@
 """The single door through which the UI and the CLI run a model on a page.
 
-Models run in a supervised worker process (utils/cuda_recovery.py); this process never touches CUDA.
+Models run in a supervised worker process (utils/engine/guard.py); this process never touches CUDA.
 """
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from models.base import Availability, RunOptions, TokenCallback, adapter_class
-from utils.adapter_pool import ModelUnavailable
+from models.contract import Availability, RunOptions, TokenCallback
+from models.registry import adapter_class
+from utils.engine.pool import ModelUnavailable
 from utils.config import CPU_FALLBACK_CONFIG, ConfigError, Settings, cached_settings, with_overlay
-from utils.cuda_recovery import RecoveryEvent, RequestFailed, Supervisor, SystemInfo
-from utils.result import PageResult
+from utils.engine.guard import RecoveryEvent, RequestFailed, Guard, SystemInfo
+from models.contract import PageResult
 
 __all__ = ["Loader", "ModelStatus", "ModelUnavailable", "ConfigError", "RequestFailed", "RecoveryEvent",
            "SystemInfo"]
@@ -33,13 +34,13 @@ class Loader:
 
     def __init__(self, settings: Settings | None = None, fallback: Settings | None = None):
         settings = settings or cached_settings()
-        self._supervisor = Supervisor(settings, fallback or with_overlay(settings, CPU_FALLBACK_CONFIG))
+        self._guard = Guard(settings, fallback or with_overlay(settings, CPU_FALLBACK_CONFIG))
         self._lock = threading.Lock()  # one inference at a time: one worker, one device
 
     @property
     def settings(self) -> Settings:
         """The settings of the profile in use (the CPU profile after a fallback)."""
-        return self._supervisor.settings
+        return self._guard.settings
 
     def status(self, name: str) -> ModelStatus:
         spec = self.settings.model(name)
@@ -63,7 +64,7 @@ class Loader:
             source: str | None = None) -> PageResult:
         """Raises the worker's own exception type for bad input, RequestFailed when recovery gave up."""
         with self._lock:
-            result = self._supervisor.run(model, image, task, options, on_token)
+            result = self._guard.run(model, image, task, options, on_token)
         result.page = page
         result.source = source
         return result
@@ -71,25 +72,25 @@ class Loader:
     def set_model_path(self, model: str, path: str | None) -> None:
         """Load `model` from a local snapshot folder (None: back to the Hugging Face cache)."""
         with self._lock:
-            self._supervisor.set_local_path(model, path)
+            self._guard.set_local_path(model, path)
 
     @property
     def resident_models(self) -> list[str]:
-        return self._supervisor.resident_models
+        return self._guard.resident_models
 
     @property
     def profile_name(self) -> str:
-        return self._supervisor.profile_name
+        return self._guard.profile_name
 
     def recovery_events(self) -> list[RecoveryEvent]:
-        return self._supervisor.events()
+        return self._guard.events()
 
     def system_info(self) -> SystemInfo:
-        return self._supervisor.system_info()
+        return self._guard.system_info()
 
     def healthy(self) -> bool:
-        return self._supervisor.healthy()
+        return self._guard.healthy()
 
     def close(self) -> None:
         with self._lock:
-            self._supervisor.close()
+            self._guard.close()

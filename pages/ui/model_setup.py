@@ -5,9 +5,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from models.weights import download_weights, weights_problem
-from pages.common import get_loader, model_catalog
-from utils.loader import ModelStatus
+from models.vlm.weights import download_weights, weights_problem
+from pages.ui.common import get_loader, model_catalog
+from utils.engine.loader import ModelStatus
 from utils.messages import one_line
 
 

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from models.base import Availability
-from utils.config import ModelSpec
+from models.contract import Availability
+from models.registry import ModelSpec
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # (description, bytes done, bytes total or None)

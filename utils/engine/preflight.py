@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
 
-from utils import gpu
+from utils.engine import gpu
 from utils.config import Settings
 from utils.messages import one_line
-from utils.worker import classify, python_command
+from utils.engine.worker import classify, python_command
 
 BLACKWELL_INDEX = "https://download.pytorch.org/whl/cu128"
 CURRENT_INDEX = "https://download.pytorch.org/whl/cu126"
@@ -108,7 +108,7 @@ def main() -> None:
 
 def _probe_cuda(timeout: float) -> dict:
     try:
-        done = subprocess.run(python_command("utils.preflight"), stdin=subprocess.DEVNULL, capture_output=True,
+        done = subprocess.run(python_command("utils.engine.preflight"), stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, errors="replace", timeout=timeout)
     except subprocess.TimeoutExpired:  # run() has killed and reaped it
         return {"error": f"the CUDA probe did not finish within {timeout:g} s"}

@@ -2,7 +2,7 @@
 
 The raised errors carry the types, codes and messages of the real ones, so the whole supervisor path
 runs without a GPU. N (default 1) counts faulted requests across respawns: the worker reports each
-fault it takes before acting on it, and the supervisor hands the remaining count to the next worker,
+fault it takes before acting on it, and the guard hands the remaining count to the next worker,
 so `device_assert:1` faults exactly one request and its retry on a fresh worker succeeds.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def parse(value: str) -> tuple[str, int]:
 def _cuda_error(code: int, message: str) -> RuntimeError:
     try:
         import torch
-    except ImportError:  # no torch: the supervisor still classifies the error by its message
+    except ImportError:  # no torch: the guard still classifies the error by its message
         return RuntimeError(message)
     error_class = getattr(torch, "AcceleratorError", None)
     if error_class is None:  # torch before 2.8 raised a plain RuntimeError without a code
@@ -93,4 +93,4 @@ class FaultInjector:
         if self._kind == "worker_kill":
             os.kill(os.getpid(), signal.SIGKILL)
         if self._kind == "hang":
-            threading.Event().wait()  # for good: the supervisor's deadline kills this process
+            threading.Event().wait()  # for good: the guard's deadline kills this process

@@ -1,4 +1,4 @@
-"""The supervisor: owns the worker process, turns its failures into recoveries, and logs every transition.
+"""The guard: owns the worker process, turns its failures into recoveries, and logs every transition.
 
 Policy (see shared/design/cuda-recovery.md):
 - out of memory -> the worker has freed what it could; retry on it at the next smaller pixel budget,
@@ -20,11 +20,11 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from models.base import RunOptions, TokenCallback
-from utils import gpu, preflight
+from models.contract import RunOptions, TokenCallback
+from utils.engine import gpu, preflight
 from utils.config import Settings
-from utils.result import PageResult
-from utils.worker import Outcome, WorkerProcess
+from models.contract import PageResult
+from utils.engine.worker import Outcome, WorkerProcess
 
 EVENT_LOG_SIZE = 500
 EventKind = Literal["preflight", "oom", "cuda_fatal", "unsupported_arch", "gpu_lost", "hang", "worker_died"]
@@ -69,7 +69,7 @@ def _next_step(steps: list[int], current: int | None) -> int | None:
     return max(smaller) if smaller else None
 
 
-class Supervisor:
+class Guard:
     def __init__(self, settings: Settings, fallback: Settings):
         self._configured = settings
         self._fallback = fallback
@@ -145,7 +145,7 @@ class Supervisor:
         if self._worker is None or not self._worker.alive:
             if self._worker is not None:
                 self._worker.stop()  # reap a worker that died while idle
-            # Injected faults (utils/fault_injection.py) the earlier workers left; None: not read yet.
+            # Injected faults (utils/engine/fault_injection.py) the earlier workers left; None: not read yet.
             faults_left = self._last_worker.faults_left if self._last_worker else None
             self._worker = WorkerProcess(self.settings, faults_left)
             self._last_worker = self._worker

@@ -6,7 +6,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from utils.result import PageResult
+from models.contract import PageResult
 
 FORMATS = ("txt", "md", "json")
 

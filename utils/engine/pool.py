@@ -7,9 +7,11 @@ from collections import OrderedDict
 
 from PIL import Image
 
-from models.base import ModelAdapter, RunOptions, TokenCallback, adapter_class
+from models.base import ModelAdapter
+from models.contract import RunOptions, TokenCallback
+from models.registry import adapter_class
 from utils.config import Settings
-from utils.result import PageResult
+from models.contract import PageResult
 
 
 class ModelUnavailable(RuntimeError):

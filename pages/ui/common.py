@@ -1,6 +1,6 @@
 """UI glue shared by the pages: the cached loader, uploads, page images, box overlays.
 
-No model logic here: everything goes through utils.loader.Loader.
+No model logic here: everything goes through utils.engine.loader.Loader.
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from utils.config import cached_settings
-from utils.documents import ACCEPTED_SUFFIXES, Document, DocumentError, open_document
-from utils.loader import Loader, ModelStatus
-from utils.result import Block
+from utils.documents.reader import ACCEPTED_SUFFIXES, Document, DocumentError, open_document
+from utils.engine.loader import Loader, ModelStatus
+from models.contract import Block
 
 UPLOAD_TYPES = ACCEPTED_SUFFIXES
 TASK_LABELS = {"text": "Plain text", "markdown": "Markdown", "layout": "Layout (boxes + categories)",

@@ -121,7 +121,7 @@ def choose_attention(requested: str, device: str) -> tuple[str, list[str]]:
 
 
 def token_cap(task: str, caps: dict[str, int], override: int | None, default: int = 1024) -> int:
-    """RunOptions.max_new_tokens wins (the supervisor lowers it on retries), then the task's cap."""
+    """RunOptions.max_new_tokens wins (the guard lowers it on retries), then the task's cap."""
     if override is not None:
         return override
     return caps.get(task, default)

@@ -5,7 +5,7 @@ A folder holds documents (images and PDFs). For each document `<stem>.<ext>`:
   feed (\\f). A document without one is listed under `missing_truth` and not run.
 - `<stem>.keys`, optional, holds keywords, one a line, scored as keyword recall.
 
-Scores use utils.metrics (normalised text). Per document, CER and WER are weighted by length:
+Scores use utils.quality.metrics (normalised text). Per document, CER and WER are weighted by length:
 the summed edit distance of its pages over the summed reference length; bag-of-words counts are
 summed over pages; keywords are looked for in all its pages' text. A model's aggregate is the
 plain mean over its scored documents (each document counts once), and the timing is the wall time
@@ -21,10 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from utils import metrics
+from utils.quality import metrics
 from utils.config import DocumentLimits, Settings
-from utils.documents import EXTENSIONS, DocumentError, open_path
-from utils.loader import Loader
+from utils.documents.reader import EXTENSIONS, DocumentError, open_path
+from utils.engine.loader import Loader
 from utils.messages import one_line
 
 
@@ -103,7 +103,7 @@ class EvalReport:
         return {
             "folder": self.folder,
             "task": self.task,
-            "normalisation": "utils.metrics.normalize: NFC, invisible chars removed, dashes/quotes/ellipsis "
+            "normalisation": "utils.quality.metrics.normalize: NFC, invisible chars removed, dashes/quotes/ellipsis "
                              "to ASCII, whitespace folded; case kept",
             "missing_truth": self.missing_truth,
             "models": {m.model: {"error": m.error, "aggregate": m.aggregate(),

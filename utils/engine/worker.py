@@ -2,7 +2,7 @@
 
 Both ends live here: `main` runs in the child, `WorkerProcess` is the parent's handle to it.
 The parent never touches CUDA; a CUDA context that a sticky error has poisoned dies with this process.
-The child is a fresh interpreter (`python -c "...utils.worker import main..."`), not a multiprocessing
+The child is a fresh interpreter (`python -c "...utils.engine.worker import main..."`), not a multiprocessing
 spawn: spawn re-runs the parent's __main__, which under Streamlit is the app script.
 Protocol: the parent first sends (settings, faults_left); then per request a Request and the page's raw
 pixels; the child answers with any number of Token / FaultTaken messages and one Reply. `None` asks
@@ -24,12 +24,12 @@ from typing import Literal
 
 from PIL import Image
 
-from models.base import RunOptions, TokenCallback
-from utils.adapter_pool import AdapterPool
+from models.contract import RunOptions, TokenCallback
+from utils.engine.pool import AdapterPool
 from utils.config import ROOT, Settings
-from utils.fault_injection import FaultInjector
+from utils.engine.fault_injection import FaultInjector
 from utils.messages import one_line
-from utils.result import PageResult
+from models.contract import PageResult
 
 # CUDA runtime errors after which the context is unusable until the process exits (cudaError_t values).
 STICKY_CUDA_CODES = frozenset({700, 702, 710, 716, 717, 718, 719})
@@ -253,7 +253,7 @@ class WorkerProcess:
         ours, theirs = socket.socketpair()
         with theirs:
             # The child's stdout goes to our stderr: the CLI's stdout carries JSON.
-            self._process = subprocess.Popen(python_command("utils.worker", str(theirs.fileno()), str(os.getpid())),
+            self._process = subprocess.Popen(python_command("utils.engine.worker", str(theirs.fileno()), str(os.getpid())),
                                              pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=2)
         self._conn = Connection(ours.detach())
         try:

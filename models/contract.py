@@ -1,0 +1,81 @@
+"""The contract every part speaks: tasks, run options, blocks, the page result, availability.
+
+It imports nothing from the project, so adapters, the engine, the pages and the CLI can all use it
+without import cycles. One result type flows adapter -> engine -> UI / CLI -> export.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TASKS = ("text", "markdown", "layout", "prompt")
+
+TokenCallback = Callable[[str], None]
+
+
+class RunOptions(BaseModel):
+    """Per-request knobs; the guard lowers the budgets when retrying after an out-of-memory error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prompt: str | None = None
+    max_pixels: int | None = None
+    max_new_tokens: int | None = None
+
+    def output_key(self, task: str) -> str | None:
+        """What in these options changes the output: the free prompt. Budgets lowered for a retry
+        are the same request."""
+        return self.prompt if task == "prompt" else None
+
+
+class Availability(BaseModel):
+    available: bool
+    status: str  # "ready", "not installed", "not downloaded", "no server", ...
+    reason: str = ""
+    fix: str | None = None  # the exact command or step that makes it available
+
+
+class Block(BaseModel):
+    """A region found on the page; bbox is (x1, y1, x2, y2) in original page pixels."""
+
+    bbox: tuple[float, float, float, float]
+    category: str = "Text"
+    text: str = ""
+    score: float | None = None
+
+
+class PageResult(BaseModel):
+    text: str = ""
+    markdown: str = ""
+    blocks: list[Block] = Field(default_factory=list)
+    model: str
+    task: str
+    device: str = "cpu"
+    dtype: str | None = None
+    profile: str = "default"
+    seconds: float = 0.0
+    load_seconds: float | None = None
+    tokens: int | None = None
+    truncated: bool = False
+    warnings: list[str] = Field(default_factory=list)
+    page: int | None = None
+    source: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if not self.tokens or self.seconds <= 0:
+            return None
+        return self.tokens / self.seconds
+
+
+class ResultKey(BaseModel):
+    """Identifies one page's result: the same key means the same output, wherever it is kept."""
+
+    model_config = ConfigDict(frozen=True)
+    digest: str  # the document's content hash
+    page: int  # 0-based
+    model: str
+    task: str
+    variant: str | None = None  # what in the options changes the output (the free prompt)
