@@ -5,8 +5,8 @@ import streamlit as st
 
 from pages.ui.common import get_loader, model_catalog, model_label
 from pages.ui.model_setup import weights_controls
-from utils.engine import gpu
 from utils.config import ConfigError
+from utils.engine import gpu
 
 st.set_page_config(page_title="ChatVLMLLM OCR", page_icon="📄", layout="wide")
 

@@ -13,12 +13,12 @@ import json
 import sys
 from pathlib import Path
 
+from models.contract import TASKS
 from utils.config import ConfigError, Settings, cached_settings
-from utils.documents.reader import DocumentError, open_path
 from utils.documents.export import document_text
+from utils.documents.reader import DocumentError, open_path
 from utils.engine.loader import Loader
 from utils.messages import one_line
-from models.contract import TASKS
 
 # Fields of each page in `ocr --format json`, in this order.
 PAGE_FIELDS = ("page", "model", "task", "text", "markdown", "blocks", "device", "dtype", "profile",

@@ -14,16 +14,16 @@ import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.engine import fault_injection  # noqa: E402
-from utils.engine.pool import AdapterPool  # noqa: E402
 from utils.config import cached_settings  # noqa: E402
 from utils.documents.reader import EXTENSIONS, open_path  # noqa: E402
+from utils.engine import fault_injection  # noqa: E402
 from utils.engine.loader import Loader  # noqa: E402
+from utils.engine.pool import AdapterPool  # noqa: E402
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "images"
 
@@ -81,7 +81,7 @@ def recovery(pages, model: str, fault: str) -> None:
         started = time.perf_counter()
         result = loader.run(model, pages[0][1])
         total = time.perf_counter() - started
-        delivered = datetime.now(timezone.utc)
+        delivered = datetime.now(UTC)
         [event] = loader.recovery_events()
     finally:
         loader.close()

@@ -5,7 +5,7 @@ without import cycles. One result type flows adapter -> engine -> UI / CLI -> ex
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 

@@ -36,11 +36,11 @@ from typing import Literal
 from PIL import Image
 from pydantic import Field, model_validator
 
-from models.vlm import weights
 from models.base import ModelAdapter
 from models.contract import Availability, RunOptions, TokenCallback
 from models.qwen_vl import fit_to_budget
 from models.registry import ModelSpec
+from models.vlm import weights
 from models.vlm.generation import (
     VLMOptions,
     choose_attention,

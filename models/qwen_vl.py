@@ -20,10 +20,10 @@ from typing import Literal
 from PIL import Image
 from pydantic import Field, model_validator
 
-from models.vlm import weights
 from models.base import ModelAdapter
 from models.contract import Availability, RunOptions, TokenCallback
 from models.registry import ModelSpec
+from models.vlm import weights
 from models.vlm.generation import (
     VLMOptions,
     choose_attention,

@@ -10,10 +10,9 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.base import ModelAdapter
-from models.contract import Availability, RunOptions
+from models.contract import Availability, Block, RunOptions
 from models.reading_order import rows_to_text
 from models.registry import ModelSpec
-from models.contract import Block
 
 
 class RapidOCROptions(BaseModel):

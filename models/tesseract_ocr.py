@@ -10,9 +10,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.base import ModelAdapter
-from models.contract import Availability, RunOptions
+from models.contract import Availability, Block, RunOptions
 from models.registry import ModelSpec
-from models.contract import Block
 
 TESSDATA_CANDIDATES = (
     "/usr/share/tesseract-ocr/5/tessdata",

@@ -19,9 +19,9 @@ from pages.ui.common import (
     page_image,
     require_app_shell,
 )
-from utils.quality import metrics
 from utils.documents.reader import parse_page_selection
 from utils.messages import one_line
+from utils.quality import metrics
 
 REFERENCE = "Reference text"
 DIFF_STYLE = {

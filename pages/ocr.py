@@ -17,8 +17,8 @@ from pages.ui.common import (
     page_image,
     require_app_shell,
 )
-from utils.documents.reader import parse_page_selection
 from utils.documents.export import FORMATS, document_text, document_zip, page_filename, page_text
+from utils.documents.reader import parse_page_selection
 from utils.messages import one_line
 
 MIME = {"txt": "text/plain", "md": "text/markdown", "json": "application/json"}

@@ -3,8 +3,8 @@ import pytest
 from rapidfuzz.distance import Levenshtein
 
 from tests.conftest import RU_EN_LINES, render_text_page
-from utils.engine.pool import AdapterPool
 from utils.config import cached_settings
+from utils.engine.pool import AdapterPool
 
 EN_LINES = ["The quick brown fox jumps over the lazy dog", "Invoice 4521 total 1250 dollars",
             "Please pay within fourteen days"]

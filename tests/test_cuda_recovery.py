@@ -15,15 +15,14 @@ import psutil
 import pytest
 from PIL import Image
 
-from models.contract import RunOptions
+from models.contract import PageResult, RunOptions
 from tests.conftest import ROOT, render_text_page
-from utils.engine import fault_injection, gpu, preflight
-from utils.engine.pool import ModelUnavailable
 from utils.config import Settings, cached_settings
-from utils.engine.guard import RequestFailed
+from utils.engine import fault_injection, gpu, preflight
 from utils.engine.fault_injection import FaultInjector
+from utils.engine.guard import RequestFailed
 from utils.engine.loader import Loader
-from models.contract import PageResult
+from utils.engine.pool import ModelUnavailable
 from utils.engine.worker import Outcome, Reply, _serve, await_reply, classify, image_from, send_image
 
 LINES = ["Invoice number 4521 dated 12 March 2024", "Total amount due: 1 250 roubles"]

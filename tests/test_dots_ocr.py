@@ -12,8 +12,8 @@ import torch
 
 from models import dots_ocr
 from models.dots_ocr import ADAPTER, PROMPT_MODES
-from tests.conftest_vlm import CPU, RunOptions, fake_generate, page, spec, tiny_models  # noqa: F401
 from models.registry import Profile
+from tests.conftest_vlm import CPU, RunOptions, fake_generate, page, spec, tiny_models  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from models.contract import Block
 from models.vlm.layout_parsing import (
     blocks_to_text,
     dots_blocks_to_markdown,
@@ -12,7 +13,6 @@ from models.vlm.layout_parsing import (
     parse_dots_layout,
     parse_qwen_grounding,
 )
-from models.contract import Block
 
 # ------------------------------------------------------------------ Qwen grounding
 

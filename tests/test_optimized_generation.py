@@ -7,9 +7,9 @@ import types
 import pytest
 import torch
 
-from tests.conftest_vlm import CPU, RunOptions, page, spec, tiny_models  # noqa: F401
 from models.vlm import generation as og
 from models.vlm.generation import LoopGuardOptions
+from tests.conftest_vlm import CPU, RunOptions, page, spec, tiny_models  # noqa: F401
 
 # ---------------------------------------------------------------- dtype and attention
 

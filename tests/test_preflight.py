@@ -4,8 +4,8 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from utils.engine import gpu, preflight
 from utils.config import cached_settings
+from utils.engine import gpu, preflight
 from utils.engine.loader import Loader
 
 GPU = gpu.GpuReading(index=0, name="NVIDIA GeForce RTX 5090", uuid="GPU-1", capability="12.0")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from models.vlm import weights
 from models.qwen_vl import ADAPTER, QwenVLOptions, pixel_budget
-from tests.conftest_vlm import CPU, RunOptions, fake_generate, page, spec, spy_generate, tiny_models  # noqa: F401
 from models.registry import ModelSpec, Profile
+from models.vlm import weights
+from tests.conftest_vlm import CPU, RunOptions, fake_generate, page, spec, spy_generate, tiny_models  # noqa: F401
 
 QWEN2_REV = "895c3a49bc3fa70a340399125c650a463535e71c"
 FAMILY = {"qwen_vl_2b": "qwen2_vl", "qwen3_vl_2b": "qwen3_vl"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
@@ -54,7 +54,7 @@ class Settings(_Strict):
     models: dict[str, ModelSpec]
 
     @model_validator(mode="after")
-    def _defaults_exist(self) -> "Settings":
+    def _defaults_exist(self) -> Settings:
         missing = [m for m in self.default_models if m not in self.models]
         if missing:
             raise ValueError(f"default_models names unknown models {missing}; expected keys of models")

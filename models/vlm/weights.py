@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from models.contract import Availability
 from models.registry import ModelSpec

@@ -10,10 +10,10 @@ import threading
 import streamlit as st
 from PIL import Image, ImageDraw
 
+from models.contract import Block
 from utils.config import cached_settings
 from utils.documents.reader import ACCEPTED_SUFFIXES, Document, DocumentError, open_document
 from utils.engine.loader import Loader, ModelStatus
-from models.contract import Block
 
 UPLOAD_TYPES = ACCEPTED_SUFFIXES
 TASK_LABELS = {"text": "Plain text", "markdown": "Markdown", "layout": "Layout (boxes + categories)",

@@ -14,16 +14,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from models.contract import RunOptions, TokenCallback
-from utils.engine import gpu, preflight
+from models.contract import PageResult, RunOptions, TokenCallback
 from utils.config import Settings
-from models.contract import PageResult
+from utils.engine import gpu, preflight
 from utils.engine.worker import Outcome, WorkerProcess
 
 EVENT_LOG_SIZE = 500
@@ -34,7 +33,7 @@ EVENT_KINDS = {"oom": "oom", "fatal": "cuda_fatal", "unsupported_arch": "unsuppo
 
 
 class RecoveryEvent(BaseModel):
-    time: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
     kind: EventKind
     action: str
     model: str | None = None

@@ -9,12 +9,11 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from models.contract import Availability, RunOptions, TokenCallback
+from models.contract import Availability, PageResult, RunOptions, TokenCallback
 from models.registry import adapter_class
-from utils.engine.pool import ModelUnavailable
 from utils.config import CPU_FALLBACK_CONFIG, ConfigError, Settings, cached_settings, with_overlay
-from utils.engine.guard import RecoveryEvent, RequestFailed, Guard, SystemInfo
-from models.contract import PageResult
+from utils.engine.guard import Guard, RecoveryEvent, RequestFailed, SystemInfo
+from utils.engine.pool import ModelUnavailable
 
 __all__ = ["Loader", "ModelStatus", "ModelUnavailable", "ConfigError", "RequestFailed", "RecoveryEvent",
            "SystemInfo"]

@@ -8,10 +8,9 @@ from collections import OrderedDict
 from PIL import Image
 
 from models.base import ModelAdapter
-from models.contract import RunOptions, TokenCallback
+from models.contract import PageResult, RunOptions, TokenCallback
 from models.registry import adapter_class
 from utils.config import Settings
-from models.contract import PageResult
 
 
 class ModelUnavailable(RuntimeError):

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
-from utils.engine import gpu
 from utils.config import Settings
-from utils.messages import one_line
+from utils.engine import gpu
 from utils.engine.worker import classify, python_command
+from utils.messages import one_line
 
 BLACKWELL_INDEX = "https://download.pytorch.org/whl/cu128"
 CURRENT_INDEX = "https://download.pytorch.org/whl/cu126"
@@ -39,7 +39,7 @@ class PreflightResult(BaseModel):
     memory_free_mb: float | None = None
     memory_total_mb: float | None = None
     seconds: float = 0.0
-    checked_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    checked_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 def arch_supported(capability: str, arch_list: list[str]) -> bool:

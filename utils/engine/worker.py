@@ -24,12 +24,11 @@ from typing import Literal
 
 from PIL import Image
 
-from models.contract import RunOptions, TokenCallback
-from utils.engine.pool import AdapterPool
+from models.contract import PageResult, RunOptions, TokenCallback
 from utils.config import ROOT, Settings
 from utils.engine.fault_injection import FaultInjector
+from utils.engine.pool import AdapterPool
 from utils.messages import one_line
-from models.contract import PageResult
 
 # CUDA runtime errors after which the context is unusable until the process exits (cudaError_t values).
 STICKY_CUDA_CODES = frozenset({700, 702, 710, 716, 717, 718, 719})

@@ -21,9 +21,9 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import psutil
@@ -76,7 +76,7 @@ class MemorySampler:
             self._sample(tick)
             tick += 1
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self.baseline = tree_rss()
         self.peak = self.baseline
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from utils.quality import metrics
 from utils.config import DocumentLimits, Settings
 from utils.documents.reader import EXTENSIONS, DocumentError, open_path
 from utils.engine.loader import Loader
 from utils.messages import one_line
+from utils.quality import metrics
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from __future__ import annotations
 import difflib
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import jiwer
 from rapidfuzz.distance import Levenshtein
