@@ -18,11 +18,13 @@ from utils.config import ConfigError, Settings, cached_settings
 from utils.documents.export import document_text
 from utils.documents.reader import DocumentError, open_path
 from utils.engine.loader import Loader
+from utils.engine.runner import PageOutcome, run_pages
 from utils.messages import one_line
 
-# Fields of each page in `ocr --format json`, in this order.
+# Fields of each page in `ocr --format json`, in this order; a page that failed has only page, model,
+# task and error set (the others null), and the document's other pages still have their results.
 PAGE_FIELDS = ("page", "model", "task", "text", "markdown", "blocks", "device", "dtype", "profile",
-               "seconds", "load_seconds", "tokens", "truncated", "warnings")
+               "seconds", "load_seconds", "tokens", "truncated", "warnings", "error")
 
 
 class UsageError(Exception):
@@ -59,10 +61,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _page_json(result) -> dict:
-    data = result.model_dump(mode="json")
-    data["page"] = (result.page or 0) + 1
-    return {key: data[key] for key in PAGE_FIELDS}
+def _page_json(outcome: PageOutcome) -> dict:
+    data = outcome.result.model_dump(mode="json") if outcome.result is not None else {}
+    data.update(page=outcome.page + 1, model=outcome.key.model, task=outcome.key.task, error=outcome.error)
+    return {key: data.get(key) for key in PAGE_FIELDS}
 
 
 def cmd_ocr(args: argparse.Namespace) -> int:
@@ -76,24 +78,31 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     documents = []
     try:
         for file in args.files:
-            entry = {"file": file, "error": None, "pages": []}
+            entry: dict = {"file": file, "error": None, "pages": []}
             documents.append(entry)
             results = []
+            name = Path(file).name
             try:
                 document = open_path(file, settings.documents)
-                for index, image in document.pages(args.pages):
-                    print(f"{Path(file).name}: page {index + 1}/{document.page_count} with {args.model}…",
-                          file=sys.stderr)
-                    result = loader.run(args.model, image, args.task, page=index, source=document.name)
-                    result.warnings = document.warnings + result.warnings
-                    results.append(result)
+                selection = document.select(args.pages)
+
+                def started(done: int, total: int, index: int, name: str = name,
+                            count: int = document.page_count) -> None:
+                    print(f"{name}: page {index + 1}/{count} with {args.model}…", file=sys.stderr)
+
+                for outcome in run_pages(loader, document, selection.indices, args.model, args.task,
+                                         on_page=started, warnings=selection.warnings):
+                    entry["pages"].append(_page_json(outcome))
+                    if outcome.result is not None:
+                        results.append(outcome.result)
+                    else:
+                        print(f"error: {outcome.error}", file=sys.stderr)
             except DocumentError as exc:
                 entry["error"] = one_line(exc)
             except Exception as exc:  # every failure is reported per document; the others still run
-                entry["error"] = f"{Path(file).name}: {one_line(exc)}"
+                entry["error"] = f"{name}: {one_line(exc)}"
             if entry["error"]:
                 print(f"error: {entry['error']}", file=sys.stderr)
-            entry["pages"] = [_page_json(r) for r in results]
             if results and args.out:
                 target = Path(args.out) / f"{Path(file).stem}.{args.format}"
                 body = json.dumps(entry, ensure_ascii=False, indent=2) if args.format == "json" \
@@ -108,7 +117,8 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     if args.format == "json" and not args.out:
         json.dump({"documents": documents, "recovery_events": events}, sys.stdout, ensure_ascii=False, indent=2)
         print()
-    return 1 if any(d["error"] for d in documents) else 0
+    failed = any(d["error"] or any(p["error"] for p in d["pages"]) for d in documents)
+    return 1 if failed else 0
 
 
 def _models_over_folder(args: argparse.Namespace, settings: Settings) -> list[str]:
@@ -169,7 +179,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_report(report))
     for path in write_outputs(report, Path(args.out)):
         print(f"wrote {path}", file=sys.stderr)
-    return 1 if any(row.error for row in report.rows) or report.document_errors else 0
+    failed = any(row.error or row.page_errors for row in report.rows) or report.document_errors
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

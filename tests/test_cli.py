@@ -9,7 +9,7 @@ from tests.conftest import ROOT, png_bytes, render_text_page
 from tests.test_documents import make_pdf
 
 PAGE_KEYS = {"page", "model", "task", "text", "markdown", "blocks", "device", "dtype", "profile", "seconds",
-             "load_seconds", "tokens", "truncated", "warnings"}
+             "load_seconds", "tokens", "truncated", "warnings", "error"}
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

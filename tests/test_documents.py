@@ -46,7 +46,7 @@ def test_every_image_format_opens_as_rgb(fmt, suffix):
     data = png_bytes(render_text_page(["Hello"]), fmt)
     doc = open_document(f"scan.{suffix}", data)
     assert doc.page_count == 1
-    image = doc.render(0)
+    image = doc.render(0).image
     assert image.mode == "RGB" and image.size[0] > 100
 
 
@@ -56,8 +56,8 @@ def test_multipage_tiff_gives_every_page_and_gif_the_first_frame():
     frames[0].save(buffer, format="TIFF", save_all=True, append_images=frames[1:])
     doc = open_document("multi.tiff", buffer.getvalue())
     assert doc.page_count == 3
-    assert [i for i, _ in doc.pages("2-3")] == [1, 2]
-    assert [i for i, _ in doc.pages("3,5")] == [2] and "skipped page(s) 5" in doc.warnings[-1]
+    assert doc.select("2-3").indices == [1, 2]
+    assert doc.select("3,5").indices == [2] and "skipped page(s) 5" in doc.select("3,5").warnings[-1]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
     assert open_document("anim.gif", buffer.getvalue()).page_count == 1
@@ -67,16 +67,16 @@ def test_pdf_pages_render_at_configured_dpi():
     data = make_pdf(3)
     doc = open_document("report.pdf", data, DocumentLimits(pdf_dpi=144))
     assert doc.page_count == 3
-    image = doc.render(2)
+    image = doc.render(2).image
     assert image.size == (840, 400)  # 420x200 pt at 144 dpi
     assert image.getpixel((5, 5)) == (255, 255, 255)
 
 
 def test_huge_pdf_page_is_rendered_smaller_with_a_warning():
     doc = open_document("big.pdf", make_pdf(1), DocumentLimits(pdf_dpi=600, max_page_pixels=100_000))
-    image = doc.render(0)
-    assert image.width * image.height <= 100_000
-    assert "pixel limit" in doc.warnings[0]
+    page = doc.render(0)
+    assert page.image.width * page.image.height <= 100_000
+    assert "pixel limit" in page.warnings[0]
 
 
 def test_exif_orientation_is_applied():
@@ -84,7 +84,7 @@ def test_exif_orientation_is_applied():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise on display
     data = png_bytes(image, "JPEG", exif=exif.tobytes())
-    assert open_document("photo.jpg", data).render(0).size == (100, 200)
+    assert open_document("photo.jpg", data).render(0).image.size == (100, 200)
 
 
 def test_alpha_is_composited_on_white_and_16bit_cmyk_converted():
@@ -181,3 +181,14 @@ def test_missing_file_and_directory(tmp_path):
         open_path(tmp_path / "nope.png")
     with pytest.raises(DocumentError, match="is a directory"):
         open_path(tmp_path)
+
+
+def test_documents_are_immutable_and_rendering_reports_its_own_warnings():
+    import dataclasses
+
+    doc = open_document("big.pdf", make_pdf(2), DocumentLimits(pdf_dpi=600, max_page_pixels=100_000))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        doc.notes = ("changed",)  # type: ignore[misc]
+    first, again = doc.render(0), doc.render(0)
+    assert first.warnings == again.warnings and len(first.warnings) == 1  # not piled up on the shared document
+    assert doc.notes == ()

@@ -162,7 +162,8 @@ def test_eval_on_shared_scans_matches_independent_cer(shared_data, tmp_path):
 
 
 def test_memory_sampler_sees_child_processes():
-    script = "import time; block = bytearray(150 * 1024 * 1024); block[::4096] = b'x' * len(block[::4096]); time.sleep(0.6)"
+    script = ("import time; block = bytearray(150 * 1024 * 1024); block[::4096] = b'x' * len(block[::4096]); "
+              "time.sleep(0.6)")
     with benchmark.MemorySampler(interval=0.02) as memory:
         subprocess.run([sys.executable, "-c", script], check=True)
     assert memory.added_mb > 120

@@ -13,7 +13,8 @@ from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from utils.config import DocumentLimits
 
-IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpeg", "TIFF": "tiff", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "MPO": "jpeg"}
+IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpeg", "TIFF": "tiff", "WEBP": "webp", "BMP": "bmp", "GIF": "gif",
+                 "MPO": "jpeg"}
 EXTENSIONS = {
     ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff",
     ".webp": "webp", ".bmp": "bmp", ".gif": "gif", ".pdf": "pdf",
@@ -90,9 +91,25 @@ def normalize_image(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-@dataclass
+@dataclass(frozen=True)
+class RenderedPage:
+    """One page's pixels and what the reader has to say about this page."""
+
+    index: int  # 0-based
+    image: Image.Image = field(repr=False)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PageSelection:
+    indices: list[int]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Document:
-    """A validated document. Pages are rendered on demand so a long PDF is not held in memory."""
+    """A validated document, immutable so caches can share it. Pages are rendered on demand, one at
+    a time, so a long PDF is never held in memory as pixels."""
 
     name: str
     kind: str
@@ -100,29 +117,31 @@ class Document:
     page_count: int
     limits: DocumentLimits
     dpi: int
-    warnings: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()  # what the reader found about the document as a whole
 
     @cached_property
     def digest(self) -> str:
         """Content hash, computed once: identifies the document in caches and kept results."""
         return hashlib.sha256(self.data).hexdigest()
 
-    def render(self, index: int) -> Image.Image:
+    def render(self, index: int) -> RenderedPage:
         if not 0 <= index < self.page_count:
             raise DocumentError(f"{self.name}: page {index + 1} does not exist (document has {self.page_count})")
         if self.kind == "pdf":
             return _render_pdf_page(self, index)
         return _render_image_page(self, index)
 
-    def pages(self, selection: str | None = None) -> list[tuple[int, Image.Image]]:
+    def select(self, spec: str | None) -> PageSelection:
+        """The pages a selection like "1-3,7" names, with a warning for pages past the end."""
         try:
-            indices, past_end = _parse_selection(selection, self.page_count)
+            indices, past_end = _parse_selection(spec, self.page_count)
         except ValueError as exc:
             raise DocumentError(f"{self.name}: {exc}") from None
+        warnings: tuple[str, ...] = ()
         if past_end:
-            self.warnings.append(f"the document has {self.page_count} page(s); skipped page(s) "
-                                 f"{', '.join(map(str, past_end))} of the selection")
-        return [(i, self.render(i)) for i in indices]
+            warnings = (f"the document has {self.page_count} page(s); skipped page(s) "
+                        f"{', '.join(map(str, past_end))} of the selection",)
+        return PageSelection(indices, warnings)
 
 
 def _check_pixels(name: str, width: int, height: int, limits: DocumentLimits, page: int) -> None:
@@ -134,21 +153,21 @@ def _check_pixels(name: str, width: int, height: int, limits: DocumentLimits, pa
         raise DocumentError(f"{name}: page {page} has no pixels")
 
 
-def _render_image_page(doc: Document, index: int) -> Image.Image:
+def _render_image_page(doc: Document, index: int) -> RenderedPage:
     try:
         with Image.open(io.BytesIO(doc.data)) as img:
             frames = ImageSequence.Iterator(img)
             frame = frames[index]
             _check_pixels(doc.name, frame.width, frame.height, doc.limits, index + 1)
             frame.load()
-            return normalize_image(frame.copy())
+            return RenderedPage(index, normalize_image(frame.copy()))
     except DocumentError:
         raise
     except (OSError, ValueError, SyntaxError, IndexError) as exc:
         raise DocumentError(f"{doc.name}: the image data is damaged or truncated ({_short(exc)})") from None
 
 
-def _render_pdf_page(doc: Document, index: int) -> Image.Image:
+def _render_pdf_page(doc: Document, index: int) -> RenderedPage:
     import pypdfium2 as pdfium
 
     try:
@@ -158,14 +177,13 @@ def _render_pdf_page(doc: Document, index: int) -> Image.Image:
             width_pt, height_pt = page.get_size()
             scale = doc.dpi / 72.0
             pixels = width_pt * height_pt * scale * scale
+            warnings: tuple[str, ...] = ()
             if pixels > doc.limits.max_page_pixels:
                 # A huge page is rendered smaller rather than refused: the text is still wanted.
                 scale *= (doc.limits.max_page_pixels / pixels) ** 0.5 * 0.99  # pdfium rounds sizes up
-                note = f"page {index + 1} rendered at {scale * 72:.0f} dpi to stay under the pixel limit"
-                if note not in doc.warnings:
-                    doc.warnings.append(note)
+                warnings = (f"page {index + 1} rendered at {scale * 72:.0f} dpi to stay under the pixel limit",)
             bitmap = page.render(scale=scale, fill_color=(255, 255, 255, 255))
-            return normalize_image(bitmap.to_pil())
+            return RenderedPage(index, normalize_image(bitmap.to_pil()), warnings)
         finally:
             pdf.close()
     except pdfium.PdfiumError as exc:
@@ -234,7 +252,8 @@ def open_document(name: str, data: bytes, limits: DocumentLimits | None = None, 
             raise DocumentError(f"{name}: the image data is damaged or not a {claimed.upper()} image")
         raise DocumentError(f"{name}: not a supported image or PDF")
     if claimed and claimed != actual:
-        raise DocumentError(f"{name}: the name says {claimed.upper()} but the content is {actual.upper()}; rename or re-export it")
+        raise DocumentError(f"{name}: the name says {claimed.upper()} but the content is {actual.upper()}; "
+                            "rename or re-export it")
     if actual == "pdf":
         count = _open_pdf(name, data, limits)
     else:
