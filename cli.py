@@ -145,7 +145,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                              f"{', '.join(settings.models[model].tasks)}")
 
     def progress(model: str, number: int, total: int, doc) -> None:
-        state = f"error: {doc.error}" if doc.error else f"CER {doc.cer:.1%}, {len(doc.pages)} page(s)"
+        state = f"error: {doc.error}" if doc.error else f"CER {doc.cer:.1%}, {len(doc.pages)} page(s)" + (
+            f", {doc.page_errors} failed" if doc.page_errors else "")
         print(f"eval {model} {number}/{total} {doc.file}: {state}", file=sys.stderr)
 
     loader = Loader(settings)
@@ -160,7 +161,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"no ground truth, not evaluated: {', '.join(report.missing_truth)}", file=sys.stderr)
     else:
         print(format_report(report))
-    failed = any(m.error or any(d.error for d in m.documents) for m in report.models)
+    failed = any(m.error or any(d.error or d.page_errors for d in m.documents) for m in report.models)
     return 1 if failed else 0
 
 

@@ -148,11 +148,10 @@ def main() -> None:
     shown = outcomes.get(index)
     if shown is not None and shown.result is not None:
         _show_result(document, index, shown.result)
-    else:
+    elif shown is None:  # a failed page's error is listed above; rendering it again would repeat it
         image = page_image(document, index)
-        state = "failed" if shown is not None else "not run yet"
         if image is not None:
-            st.image(image, caption=f"Page {index + 1} — {state} with {status.label}", width="stretch")
+            st.image(image, caption=f"Page {index + 1} — not run yet with {status.label}", width="stretch")
     if pages:
         st.subheader("Download")
         st.caption(f"{len(pages)} page(s) of {document.name} recognised with {model}"

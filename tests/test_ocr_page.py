@@ -105,3 +105,20 @@ def test_streamed_tokens_redraw_at_most_ten_times_a_second():
     view.reset()
     view("new page")
     assert placeholder.drawn[-1] == "new page"
+
+
+def test_a_bad_page_shows_its_own_error_and_the_other_pages_keep_their_results(app_test):
+    at = app_test()
+    at.file_uploader[0].upload("cropped.pdf", make_pdf(3, crop_outside=(2,)), "application/pdf").run()
+    at.text_input[0].set_value("1-3").run()
+    button(at, "Run").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "cropped.pdf: page 2: its crop box (1000, 1000, 1200, 1200) lies outside its media box (0, 0, 420, 200), "
+        "so the page shows nothing"]
+    assert "Quarterly report, page 1" in at.text_area[0].value
+    assert any("2 page(s) of cropped.pdf recognised" in c.value and "1 page(s) failed" in c.value for c in at.caption)
+    at.number_input[0].set_value(3).run()
+    assert "Quarterly report, page 3" in at.text_area[0].value and len(at.error) == 1
+    at.number_input[0].set_value(2).run()
+    assert len(at.error) == 1 and not at.text_area

@@ -2,8 +2,9 @@
 
 Every caller (OCR and Compare pages, the CLI, eval, bench, batch jobs) goes through `run_pages`, so
 progress, streaming, stopping and per-page failures behave the same everywhere. Pages are rendered
-one at a time, just before they are recognised, so memory does not grow with the page count; a page
-that cannot be rendered or recognised gets an error of its own and the other pages still run.
+one at a time, just before they are recognised, and only that page goes to the worker, so memory
+does not grow with the page count; a page that cannot be rendered or recognised gets an error of
+its own and the other pages still run. A page that comes back without any text gets a warning.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ class PageOutcome:
     @property
     def page(self) -> int:
         return self.key.page
+
+
+def _has_text(result: PageResult) -> bool:
+    return bool(result.text.strip() or result.markdown.strip() or any(b.text.strip() for b in result.blocks))
 
 
 def run_pages(loader: Loader, document: Document, pages: Sequence[int], model: str, task: str,
@@ -78,4 +83,6 @@ def run_pages(loader: Loader, document: Document, pages: Sequence[int], model: s
             wall = time.perf_counter() - started
             del page  # do not hold a large page while the caller handles the result
         result.warnings = [*document.notes, *page_warnings, *warnings, *result.warnings]
+        if not _has_text(result):  # a blank result must not pass for success without a word
+            result.warnings.append(f"no text was found on page {index + 1}")
         yield PageOutcome(key, result=result, wall_seconds=wall)
