@@ -1,11 +1,14 @@
 """Turn the layout output of the VLMs into Blocks in original page pixels.
 
-Covers Qwen grounding JSON (bbox_2d), QwenVL HTML (data-bbox) and dots.ocr layout JSON
-(bbox/category/text). Model output is untrusted: these functions repair what they can and never
-raise on malformed text.
+Covers Qwen2-VL's native grounding markup (<|object_ref_start|>text<|object_ref_end|><|box_start|>
+(x1,y1),(x2,y2)<|box_end|>), Qwen grounding lists (bbox_2d) written as JSON or as Python literals,
+QwenVL HTML (data-bbox) and dots.ocr layout JSON (bbox/category/text). Model output is untrusted:
+these functions repair what they can (json-repair for malformed elements) and never raise on
+malformed text.
 """
 from __future__ import annotations
 
+import ast
 import html
 import json
 import math
@@ -14,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
+
+import json_repair
 
 from models.contract import Block
 
@@ -40,13 +45,17 @@ Fields = tuple[Any, str, str, float | None]
 def parse_qwen_grounding(
     text: str, coord_mode: str, input_size: tuple[int, int], page_size: tuple[int, int]
 ) -> list[Block]:
-    """Blocks from Qwen2-VL/Qwen3-VL grounding JSON or QwenVL HTML.
+    """Blocks from Qwen grounding: native box markup, a bbox_2d list (JSON or Python literal) or
+    QwenVL HTML.
 
-    coord_mode "pixels": boxes in the resized input's pixels; "relative1000": 0..1000 of the page.
+    coord_mode "pixels": boxes in the resized input's pixels; "relative1000": 0..1000 of the image.
     """
     scale = _scale(coord_mode, input_size, page_size)
     if not text or not text.strip():
         return []
+    if BOX_START in text:
+        blocks, _ = _items_to_blocks(_grounding_items(text), _qwen_fields, scale, page_size)
+        return blocks
     if "data-bbox" in text:
         return _qwen_html_blocks(text, scale, page_size)
     items, _ = _json_items(text)
@@ -70,6 +79,11 @@ def parse_dots_layout(
         return [], ["no layout blocks could be parsed from the model output ("
                     + "; ".join(warnings) + ")"]
     return blocks, warnings
+
+
+def strip_special_tokens(text: str) -> str:
+    """Text without the models' special-token markup (<|box_start|>, <|im_end|>, ...)."""
+    return _SPECIAL_TOKEN.sub("", text)
 
 
 def dots_blocks_to_markdown(blocks: list[Block], include_headers_footers: bool = False) -> str:
@@ -142,7 +156,7 @@ def _coerce_coords(raw: Any) -> Box | None:
         return None
     if len(coords) != 4 or not all(math.isfinite(v) for v in coords):
         return None
-    return coords  # type: ignore[return-value]
+    return coords
 
 
 def _place_box(coords: Box, scale: Scale, page_size: Any) -> Box | None:
@@ -157,14 +171,42 @@ def _place_box(coords: Box, scale: Scale, page_size: Any) -> Box | None:
     return round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)
 
 
+# ---------------------------------------------------------------- Qwen2-VL grounding markup
+
+BOX_START = "<|box_start|>"
+_SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
+_COORD = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_GROUNDING = re.compile(
+    r"<\|object_ref_start\|>(?P<ref>.*?)<\|object_ref_end\|>"
+    rf"|<\|box_start\|>\s*\({_COORD},{_COORD}\)\s*,\s*\({_COORD},{_COORD}\)\s*<\|box_end\|>",
+    re.DOTALL)
+
+
+def _grounding_items(text: str) -> list[dict]:
+    """{bbox_2d, text_content} per box. Boxes right after a reference belong to it (one reference may
+    have several); a box without one takes the last line of plain text written before it."""
+    items: list[dict] = []
+    ref: str | None = None
+    plain_from = 0
+    for match in _GROUNDING.finditer(text):
+        if match.group("ref") is not None:
+            ref = match.group("ref").strip()
+            continue
+        if ref is not None:
+            label = ref
+        else:
+            lines = strip_special_tokens(text[plain_from:match.start()]).strip().splitlines()
+            label = lines[-1].strip() if lines else ""
+        items.append({"bbox_2d": [float(v) for v in match.groups()[1:]], "text_content": label})
+        plain_from = match.end()
+        if not text[plain_from:].lstrip().startswith(BOX_START):
+            ref = None  # this reference's boxes have ended
+    return items
+
+
 # ---------------------------------------------------------------- JSON with repair
 
 _FENCE = re.compile(r"```[ \t]*[A-Za-z]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
-_ESCAPE = re.compile(
-    r'\\(?:(?P<ok>u[0-9a-fA-F]{4}|[bfrt](?![A-Za-z])|["\\/n])|(?P<bad>.))', re.DOTALL
-)
-_TRAILING_COMMA = re.compile(r",\s*([}\]])")
-_MISSING_COMMA = re.compile(r'(["\]}\d])(\s*)("[^"\\]*"\s*:)')
 
 
 def _strip_fence(text: str) -> str:
@@ -172,11 +214,23 @@ def _strip_fence(text: str) -> str:
     return match.group(1) if match else text
 
 
+def _literal(text: str) -> Any:
+    """JSON, else a Python literal (Qwen3-VL's cookbook reads its answers both ways); raises ValueError."""
+    try:
+        return json.loads(text, strict=False)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError("neither JSON nor a Python literal") from None
+
+
 def _json_items(text: str) -> tuple[list | None, list[str]]:
-    """The elements of the JSON list in text and the repairs made; None when there is no JSON."""
+    """The elements of the list in text and the repairs made; None when there is no list or object."""
     body = _strip_fence(text).strip()
     try:
-        data = json.loads(body, strict=False)
+        data = _literal(body)
     except ValueError:
         return _salvage_items(body)
     if isinstance(data, dict):
@@ -196,23 +250,23 @@ class _Scan:
 
 
 def _scan_objects(body: str) -> _Scan | None:
-    """Top-level {...} spans, tracking strings so braces inside text do not count."""
+    """Top-level {...} spans, tracking strings (double- or single-quoted) so braces in text do not count."""
     first = re.search(r"[\[{]", body)
     if first is None:
         return None
     scan = _Scan(start=first.start(), opened_list=first.group() == "[")
-    depth, begin, in_string, escaped = 0, 0, False, False
+    depth, begin, quote, escaped = 0, 0, "", False
     for i in range(first.start(), len(body)):
         ch = body[i]
-        if in_string:
+        if quote:
             if escaped:
                 escaped = False
             elif ch == "\\":
                 escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "\"'" and (ch == '"' or depth > 0):
+            quote = ch
         elif ch == "{":
             if depth == 0:
                 begin = i
@@ -265,18 +319,15 @@ def _salvage_items(body: str) -> tuple[list | None, list[str]]:
 
 
 def _parse_element(raw: str) -> tuple[Any, bool]:
+    """One {...} element and whether it needed repair. json-repair mends what models get wrong (missing
+    or trailing commas, LaTeX backslashes that are not JSON escapes, unquoted keys); what it cannot
+    read at all is dropped."""
     try:
-        return json.loads(raw, strict=False), False
+        return _literal(raw), False
     except ValueError:
         pass
-    # LaTeX written with single backslashes (\alpha, \beta) is the common invalid-escape case;
-    # \b \f \r \t directly followed by a letter are taken as LaTeX commands, not control chars.
-    fixed = _ESCAPE.sub(lambda m: m.group(0) if m.group("ok") else "\\\\" + m.group("bad"), raw)
-    fixed = _MISSING_COMMA.sub(r"\1,\2\3", _TRAILING_COMMA.sub(r"\1", fixed))
-    try:
-        return json.loads(fixed, strict=False), True
-    except ValueError:
-        return None, False
+    repaired = json_repair.loads(raw)
+    return (repaired, True) if isinstance(repaired, dict) and repaired else (None, False)
 
 
 # ---------------------------------------------------------------- elements to blocks
