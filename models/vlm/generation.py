@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,8 +27,9 @@ SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon
 FLASH_ATTN_CAPABILITIES = ((8, 0), (9, 0))
 # What a run of "fill" is made of: the leaders and rules dots.ocr's README names as its loops, and blanks.
 FILL_CHARACTERS = frozenset(" \t\r\n._-=~*·•…‥—–─")
-# Where a piece of output may end cleanly: a line, then a tag, an element or a list.
-LINE_END, ELEMENT_ENDS = "\n", (">", "}", "]", ")")
+# Where a loop's output may be cut cleanly, best first: a line end (also "\\n" inside a JSON string), the
+# end of a closing tag, element or list, any other tag end.
+CLEAN_ENDS = (re.compile(r"\n|\\n"), re.compile(r"</\w+>|[}\]]"), re.compile(r"[>)]"))
 
 
 class LoopGuardOptions(BaseModel):
@@ -254,16 +256,17 @@ def find_loop(ids: Sequence[int], settings: LoopGuardOptions, span: int,
     return find_repeating_tail(ids, settings.max_period, settings.min_repeats, span)
 
 
-def unit_boundary(ids: Sequence[int], period: int, start: int, decode: Callable[[list[int]], str]) -> int:
-    """How many of ids to keep when their tail from `start` repeats a `period`-token unit: up to the
-    last line end inside the final unit, else the last tag/element end, else the last whole copy."""
-    n = len(ids)
-    ends = [decode([int(ids[end - 1])]) for end in range(n, max(start, n - period), -1)]
-    for wanted in ((LINE_END,), ELEMENT_ENDS):
-        for offset, piece in enumerate(ends):
-            if piece.endswith(wanted):
-                return n - offset
-    return start + (n - start) // period * period
+def cut_at_unit_boundary(text: str, unit_text: str) -> str | None:
+    """text ends in repeats of a unit that reads about unit_text: text cut after the last clean end (see
+    CLEAN_ENDS) in the final unit; None when the unit has none. Cut by characters,
+    since tokens often straddle a boundary ("</tr><tr>" is "</", "tr", "><", "tr", ">")."""
+    tail_start = max(0, len(text) - len(unit_text))
+    tail = text[tail_start:]
+    for pattern in CLEAN_ENDS:
+        ends = [match.end() for match in pattern.finditer(tail)]
+        if ends:
+            return text[:tail_start + ends[-1]]
+    return None
 
 
 def _window(settings: LoopGuardOptions, span: int) -> int:
@@ -362,10 +365,17 @@ def generate_text(model, tokenizer, inputs: dict, *, max_new_tokens: int, repeti
     tokens = len(ids)
     result = Generated(text="", tokens=tokens)
     eos = eos_ids(model)
+    if ids and ids[-1] in eos:
+        ids = ids[:-1]
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
     if guard is not None and guard.period is not None:
         found = find_loop(ids, loop_guard, guard.span, decode)
-        if found is not None:
-            ids = ids[:unit_boundary(ids, found[0], found[1], decode)]
+        if found is not None:  # keep it all, but end where a line, tag or element of the last unit ends
+            period, start = found
+            unit_text = tokenizer.decode(ids[len(ids) - period:], skip_special_tokens=skip_special_tokens)
+            whole_copies = ids[:start + (len(ids) - start) // period * period]
+            text = cut_at_unit_boundary(text, unit_text) or tokenizer.decode(
+                whole_copies, skip_special_tokens=skip_special_tokens)
         result.truncated = True
         result.warnings.append(f"generation stopped: the output kept repeating a {guard.period}-token unit "
                                f"(a loop); kept what was generated up to the stop ({tokens} tokens)")
@@ -373,7 +383,5 @@ def generate_text(model, tokenizer, inputs: dict, *, max_new_tokens: int, repeti
         result.truncated = True
         result.warnings.append(f"generation stopped at the token cap ({max_new_tokens} new tokens); "
                                "the output is incomplete")
-    if ids and ids[-1] in eos:
-        ids = ids[:-1]
-    result.text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens).strip()
+    result.text = text.strip()
     return result

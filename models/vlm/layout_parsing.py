@@ -247,6 +247,7 @@ class _Scan:
     opened_list: bool = False
     truncated: bool = False
     closed_at: int | None = None
+    open_begin: int = 0  # where the unterminated element starts, when truncated
 
 
 def _scan_objects(body: str) -> _Scan | None:
@@ -279,6 +280,7 @@ def _scan_objects(body: str) -> _Scan | None:
             scan.closed_at = i
             break
     scan.truncated = depth > 0
+    scan.open_begin = begin
     return scan
 
 
@@ -287,7 +289,10 @@ def _salvage_items(body: str) -> tuple[list | None, list[str]]:
     if scan is None:
         return None, []
     warnings = []
-    if scan.truncated:
+    cut_item = _cut_element(body[scan.open_begin:]) if scan.truncated else None
+    if cut_item is not None:
+        warnings.append("output was truncated: kept the last element up to the line or tag where it was cut")
+    elif scan.truncated:
         warnings.append("output was truncated: dropped an incomplete element")
     elif scan.opened_list and scan.closed_at is None:
         warnings.append("output was truncated: added the missing closing bracket")
@@ -311,11 +316,22 @@ def _salvage_items(body: str) -> tuple[list | None, list[str]]:
             continue
         repaired += was_repaired
         items.append(item)
+    if cut_item is not None:
+        items.append(cut_item)
     if repaired:
         warnings.append(f"repaired {repaired} malformed element(s)")
     if dropped:
         warnings.append(f"dropped {dropped} malformed element(s)")
     return items, warnings
+
+
+def _cut_element(raw: str) -> dict | None:
+    """An element cut off at the end of a line or tag (where the loop guard cuts), closed by json-repair;
+    None when it was cut mid-word or mid-box, or has no box: then its text cannot be trusted."""
+    if not raw.rstrip(" ").endswith((">", "\n", "\\n")):
+        return None
+    item = json_repair.loads(raw)
+    return item if isinstance(item, dict) and "bbox" in item else None
 
 
 def _parse_element(raw: str) -> tuple[Any, bool]:
