@@ -58,7 +58,7 @@ def parse_qwen_grounding(
         return blocks
     if "data-bbox" in text:
         return _qwen_html_blocks(text, scale, page_size)
-    items, _ = _json_items(text)
+    items, _ = _json_items(text, python=True)
     blocks, _ = _items_to_blocks(items or [], _qwen_fields, scale, page_size)
     return blocks
 
@@ -214,25 +214,27 @@ def _strip_fence(text: str) -> str:
     return match.group(1) if match else text
 
 
-def _literal(text: str) -> Any:
-    """JSON, else a Python literal (Qwen3-VL's cookbook reads its answers both ways); raises ValueError."""
+def _literal(text: str, python: bool) -> Any:
+    """JSON, else (python=True) a Python literal, as Qwen3-VL's cookbook reads its answers; raises
+    ValueError. Only for Qwen: dots.ocr writes LaTeX, whose backslashes Python would read as escapes."""
     try:
         return json.loads(text, strict=False)
     except ValueError:
-        pass
+        if not python:
+            raise
     try:
         return ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise ValueError("neither JSON nor a Python literal") from None
 
 
-def _json_items(text: str) -> tuple[list | None, list[str]]:
+def _json_items(text: str, python: bool = False) -> tuple[list | None, list[str]]:
     """The elements of the list in text and the repairs made; None when there is no list or object."""
     body = _strip_fence(text).strip()
     try:
-        data = _literal(body)
+        data = _literal(body, python)
     except ValueError:
-        return _salvage_items(body)
+        return _salvage_items(body, python)
     if isinstance(data, dict):
         return [data], []
     if isinstance(data, list):
@@ -250,8 +252,9 @@ class _Scan:
     open_begin: int = 0  # where the unterminated element starts, when truncated
 
 
-def _scan_objects(body: str) -> _Scan | None:
-    """Top-level {...} spans, tracking strings (double- or single-quoted) so braces in text do not count."""
+def _scan_objects(body: str, python: bool) -> _Scan | None:
+    """Top-level {...} spans, tracking strings (also single-quoted ones with python=True) so braces in
+    text do not count."""
     first = re.search(r"[\[{]", body)
     if first is None:
         return None
@@ -266,7 +269,7 @@ def _scan_objects(body: str) -> _Scan | None:
                 escaped = True
             elif ch == quote:
                 quote = ""
-        elif ch in "\"'" and (ch == '"' or depth > 0):
+        elif ch == '"' or (python and ch == "'" and depth > 0):
             quote = ch
         elif ch == "{":
             if depth == 0:
@@ -284,8 +287,8 @@ def _scan_objects(body: str) -> _Scan | None:
     return scan
 
 
-def _salvage_items(body: str) -> tuple[list | None, list[str]]:
-    scan = _scan_objects(body)
+def _salvage_items(body: str, python: bool) -> tuple[list | None, list[str]]:
+    scan = _scan_objects(body, python)
     if scan is None:
         return None, []
     warnings = []
@@ -310,7 +313,7 @@ def _salvage_items(body: str) -> tuple[list | None, list[str]]:
 
     items, repaired, dropped = [], 0, 0
     for begin, end in scan.spans:
-        item, was_repaired = _parse_element(body[begin:end])
+        item, was_repaired = _parse_element(body[begin:end], python)
         if item is None:
             dropped += 1
             continue
@@ -334,12 +337,12 @@ def _cut_element(raw: str) -> dict | None:
     return item if isinstance(item, dict) and "bbox" in item else None
 
 
-def _parse_element(raw: str) -> tuple[Any, bool]:
+def _parse_element(raw: str, python: bool) -> tuple[Any, bool]:
     """One {...} element and whether it needed repair. json-repair mends what models get wrong (missing
     or trailing commas, LaTeX backslashes that are not JSON escapes, unquoted keys); what it cannot
     read at all is dropped."""
     try:
-        return _literal(raw), False
+        return _literal(raw, python), False
     except ValueError:
         pass
     repaired = json_repair.loads(raw)
