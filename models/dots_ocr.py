@@ -210,7 +210,7 @@ def replace_prepare_inputs(model) -> None:
     image tokens (the prefill; every step when the cache is off)."""
     library = next(cls for cls in type(model).__mro__  # the first implementation that is not remote code
                    if "prepare_inputs_for_generation" in vars(cls) and cls.__module__.startswith("transformers."))
-    base = library.prepare_inputs_for_generation.__get__(model)
+    base = vars(library)["prepare_inputs_for_generation"].__get__(model)
     image_token_id = model.config.image_token_id
 
     def prepare_inputs_for_generation(input_ids, *args, pixel_values=None, image_grid_thw=None, **kwargs):

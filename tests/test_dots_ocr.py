@@ -14,8 +14,8 @@ import torch
 from models import dots_ocr
 from models.dots_ocr import ADAPTER, PROMPT_MODES
 from models.registry import Profile
-from utils.config import CPU_FALLBACK_CONFIG, DEFAULT_CONFIG, load_settings
 from tests.conftest_vlm import CPU, RunOptions, fake_generate, page, spec, tiny_models  # noqa: F401
+from utils.config import CPU_FALLBACK_CONFIG, DEFAULT_CONFIG, load_settings
 
 
 @pytest.fixture(scope="module")

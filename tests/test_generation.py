@@ -183,7 +183,8 @@ def dots_page(table: str) -> str:
 # Pages that repeat themselves on purpose; the guard fired on each before (14 empty rows was enough).
 LEGITIMATE = {
     "40 empty rows of a 5-column HTML table": HEADER + EMPTY_ROW * 40 + "</table>",
-    "25 empty markdown rows": "| Date | Item | Qty | Price | Total |\n|---|---|---|---|---|\n" + "|  |  |  |  |  |\n" * 25,
+    "25 empty markdown rows": ("| Date | Item | Qty | Price | Total |\n|---|---|---|---|---|\n"
+                               + "|  |  |  |  |  |\n" * 25),
     "16 identical rows of zeros": "| Q1 | Q2 | Q3 | Q4 |\n|---|---|---|---|\n" + "| 0 | 0 | 0 | 0 |\n" * 16,
     "40 identical lines": "Statement of account\n" + "No transactions in this period.\n" * 40,
     "a dots.ocr page holding such a table": dots_page(HEADER + EMPTY_ROW * 40 + "</table>"),
@@ -259,7 +260,8 @@ def test_a_stopped_loop_keeps_everything_before_the_stop_and_ends_on_a_unit_boun
     of the output (and dots.ocr's parser the whole Table). Now the rows stay and the Table survives."""
     from models.vlm.layout_parsing import parse_dots_layout
 
-    real_rows = "".join(f"<tr><td>{d}.03</td><td>Tea</td><td>1</td><td>1.20</td><td>1.20</td></tr>" for d in range(1, 9))
+    real_rows = "".join(f"<tr><td>{day}.03</td><td>Tea</td><td>1</td><td>1.20</td><td>1.20</td></tr>"
+                        for day in range(1, 9))
     prefix = dots_page(HEADER + real_rows)[:-60]
     unit = "<tr><td>9.03</td><td>Tea</td><td>1</td><td>1.20</td><td>1.20</td></tr>"
     ids = looping(qwen2_tokens, prefix, unit, 24000)
@@ -288,7 +290,8 @@ def test_quantization_option_is_validated():
     from models.registry import EntryError, ModelSpec, check_entry
 
     assert og.VLMOptions(quantization="nf4").quantization == "nf4"
-    bad = ModelSpec(adapter="qwen_vl", label="q", tasks=["text"], options={"family": "qwen2_vl", "quantization": "int4"})
+    bad = ModelSpec(adapter="qwen_vl", label="q", tasks=["text"],
+                    options={"family": "qwen2_vl", "quantization": "int4"})
     with pytest.raises(EntryError, match=r"options\.quantization: Input should be 'int8' or 'nf4'"):
         check_entry(bad)
 
