@@ -256,7 +256,7 @@ class DotsOCRAdapter(VLMAdapter[DotsOCROptions]):
             attend_without_mask(tower)
         cast_pixels_to_tower_dtype(tower)
         replace_prepare_inputs(self._model)
-        self._image_processor = Qwen2VLImageProcessor.from_pretrained(path, local_files_only=True)
+        self._processor = Qwen2VLImageProcessor.from_pretrained(path, local_files_only=True)
         image_token_id = self._tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         if image_token_id != self._model.config.image_token_id:
             raise ValueError(f"tokenizer's {IMAGE_TOKEN} is {image_token_id}, the model expects "
@@ -283,8 +283,8 @@ class DotsOCRAdapter(VLMAdapter[DotsOCROptions]):
 
     def encode(self, image: Image.Image, prompt: str, input_size: Size) -> dict:
         resized = image.convert("RGB").resize(input_size, Image.Resampling.BICUBIC)
-        vision = self._image_processor(images=[resized], do_resize=False, return_tensors="pt")
-        merge = self._image_processor.merge_size
+        vision = self._processor(images=[resized], do_resize=False, return_tensors="pt")
+        merge = self._processor.merge_size
         count = int(vision["image_grid_thw"][0].prod()) // (merge * merge)
         encoded = self._tokenizer([FRAMING.format(image=IMAGE_TOKEN * count, prompt=prompt)], return_tensors="pt")
         inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],

@@ -315,3 +315,22 @@ def test_quantization_config_keeps_the_vision_tower():
     assert nf4.llm_int8_skip_modules == ["visual", "lm_head"]
     int8 = og.quantization_config("int8", "float16", ("vision_tower", "lm_head"))
     assert int8.load_in_8bit and not int8.load_in_4bit
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_quantized_loading_on_a_gpu(tiny_models, quantization):  # noqa: F811
+    pytest.importorskip("bitsandbytes")
+    from models.qwen_vl import ADAPTER
+    from models.registry import Profile
+
+    model = spec("qwen_vl", tiny_models["qwen3_vl_2b"], family="qwen3_vl", quantization=quantization,
+                 min_pixels=4 * 1024, max_pixels=32 * 1024)
+    adapter = ADAPTER("qwen3_vl_2b", model, Profile(device="cuda"))
+    adapter.load()
+    try:
+        result = adapter.run(page(), "text", RunOptions(max_new_tokens=4))
+        assert (result.device, result.dtype, result.tokens) == ("cuda", quantization, 4)
+        assert type(adapter._model.model.visual.blocks[0].attn.qkv).__name__ == "Linear"  # the vision tower kept
+    finally:
+        adapter.close()

@@ -25,7 +25,7 @@ from PIL import Image
 
 from models.base import ModelAdapter
 from models.contract import Availability, Block, PageResult, RunOptions, TokenCallback
-from models.registry import ModelSpec
+from models.registry import ModelSpec, Profile
 from models.vlm import weights
 from models.vlm.generation import (
     VLMOptions,
@@ -105,16 +105,17 @@ class VLMAdapter(ModelAdapter[VLMOptionsT]):
     # Left unquantized under int8/nf4: the vision tower and the output head carry the accuracy.
     keep_unquantized: ClassVar[tuple[str, ...]] = ("lm_head",)
 
-    def __init__(self, name: str, spec: ModelSpec, profile):
+    def __init__(self, name: str, spec: ModelSpec, profile: Profile):
         super().__init__(name, spec, profile)
         self.load_warnings: list[str] = []
         self._model: Any = None
         self._tokenizer: Any = None
+        self._processor: Any = None  # what turns a page into pixel values (and, for Qwen, the prompt)
 
     # ------------------------------------------------------------ the per-model steps
 
     def load_model(self, path: Path, plan: LoadPlan) -> None:
-        """Load weights from `path` per `plan`; set self._model and self._tokenizer."""
+        """Load weights from `path` per `plan`; set self._model, self._tokenizer and self._processor."""
         raise NotImplementedError
 
     def float16_allowed(self) -> bool:
@@ -228,7 +229,7 @@ class VLMAdapter(ModelAdapter[VLMOptionsT]):
         return result, size
 
     def close(self) -> None:
-        self._model = self._tokenizer = None
+        self._model = self._tokenizer = self._processor = None
         gc.collect()
         if self.device == "cuda":
             import torch
