@@ -317,7 +317,7 @@ class Store:
                    ON CONFLICT(digest) DO UPDATE SET file = excluded.file, last_used = excluded.last_used""",
                 (document.digest, name or document.name, document.kind, document.page_count, size, stored_file,
                  now, now))
-        self.collect_files()
+        self.collect_files(keep={document.digest} if pin else set())
         return stored_file is not None
 
     def _pinned(self, con: sqlite3.Connection) -> set[str]:
@@ -326,13 +326,14 @@ class Store:
             """SELECT DISTINCT d.digest FROM job_documents d JOIN jobs j ON j.id = d.job_id
                WHERE d.path IS NULL AND d.digest IS NOT NULL AND j.status != 'done'""")}
 
-    def collect_files(self) -> None:
-        """Drop kept copies, least recently used first, until they fit the size limit."""
+    def collect_files(self, keep: set[str] | frozenset[str] = frozenset()) -> None:
+        """Drop kept copies, least recently used first, until they fit the size limit; never those of
+        unfinished jobs' uploads, nor those in `keep` (pinned for a job about to be written)."""
         with self.connect() as con:
             total = con.execute("SELECT coalesce(sum(bytes), 0) FROM documents WHERE file IS NOT NULL").fetchone()[0]
             if total <= self.max_files_bytes:
                 return
-            pinned = self._pinned(con)
+            pinned = self._pinned(con) | set(keep)
             candidates = con.execute(
                 "SELECT digest, file, bytes FROM documents WHERE file IS NOT NULL ORDER BY last_used").fetchall()
         dropped = []
