@@ -167,8 +167,8 @@ def test_bad_inputs_get_one_line_each_and_the_rest_still_runs(pages_dir, tmp_pat
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert errors[0].startswith("error: broken.png: the image data is damaged or truncated")
     assert errors[1].startswith("error: missing.png: no such file")
-    assert errors[2:] == ["error: notes.txt: '.txt' files are not supported; use one of: bmp, gif, jpeg, jpg, pdf, png, "
-                      "tif, tiff, webp"]
+    assert errors[2:] == ["error: notes.txt: '.txt' files are not supported; use one of: bmp, gif, jpeg, jpg, pdf, "
+                          "png, tif, tiff, webp"]
     with open(tmp_path / "out" / "summary.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["file"], r["status"]) for r in rows] == [("page01.png", "done"), ("broken.png", "error"),
