@@ -69,10 +69,9 @@ def _new_job(store: Store) -> None:
     st.session_state["batch_job"] = job_id
 
 
-def _job_label(store: Store, job: Job) -> str:
-    counts = store.jobs.counts(job.id)
-    status = "interrupted" if job.status == "running" and not job.active else STATUS.get(job.status, job.status)
-    return f"#{job.id} {job.name} · {', '.join(job.models)} · {status} · {counts.finished}/{counts.total} pages"
+def _job_label(job: Job) -> str:
+    """Stable while the job runs: a selectbox whose labels change forgets the user's choice."""
+    return f"#{job.id} {job.name} · {', '.join(job.models)} · {job.task} · {job.created_at.astimezone():%Y-%m-%d %H:%M}"
 
 
 def _job_panel(store: Store, job_id: int) -> None:
@@ -162,7 +161,7 @@ def main() -> None:
     by_id = {job.id: job for job in jobs}
     if st.session_state.get("batch_job") not in by_id:
         st.session_state["batch_job"] = jobs[0].id
-    job_id = st.selectbox("Job", list(by_id), format_func=lambda i: _job_label(store, by_id[i]), key="batch_job")
+    job_id = st.selectbox("Job", list(by_id), format_func=lambda i: _job_label(by_id[i]), key="batch_job")
     thread = job_threads().get(job_id)
     if thread is not None and thread.alive:
         _live_panel(store, job_id)
