@@ -27,6 +27,7 @@ from PIL import Image
 from models.contract import PageResult, ResultKey, RunOptions
 from utils.config import ROOT, DocumentLimits, Settings
 from utils.documents.reader import Document, DocumentError, open_document
+from utils.store.jobs import Jobs
 from utils.store.schema import migrate
 
 ENV_PATH = "OCR_STORE_DB"  # overrides store.path: tests and second instances point elsewhere
@@ -114,8 +115,6 @@ class Store:
             migrate(con, str(self.path))
             self.has_fts = con.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'results_fts'").fetchone() is not None
-        from utils.store.jobs import Jobs
-
         self.jobs = Jobs(self)
 
     @classmethod
