@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,12 @@ with tesserocr.PyTessBaseAPI(path=tessdata + "/", lang=langs, psm=psm, oem=tesse
             read += bool(api.GetUTF8Text().strip())
 print(read)
 """
+
+
+def children_cpu() -> float:
+    """CPU seconds of every finished child process so far: a figure a busy machine does not inflate."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_batch(folder: Path, workers: int) -> tuple[float, int]:
@@ -98,11 +105,16 @@ def main() -> None:
     if tessdata is None:
         raise SystemExit("no Tesseract language data found")
 
-    runs: dict[str, list[tuple[float, int]]] = {"tesserocr": [], "tesseract": [], "batch": []}
+    ways = {"tesserocr": lambda: run_tesserocr(files, str(tessdata), langs, psm),
+            "tesseract": lambda: run_tesseract_cli(files, langs, psm, args.workers),
+            "batch": lambda: run_batch(folder, args.workers)}
+    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in ways}
+    cpu: dict[str, list[float]] = {name: [] for name in ways}
     for round_number in range(1, args.repeat + 1):
-        runs["tesserocr"].append(run_tesserocr(files, str(tessdata), langs, psm))
-        runs["tesseract"].append(run_tesseract_cli(files, langs, psm, args.workers))
-        runs["batch"].append(run_batch(folder, args.workers))
+        for name, way in ways.items():
+            before = children_cpu()
+            runs[name].append(way())
+            cpu[name].append(children_cpu() - before)
         print(f"round {round_number}: " + ", ".join(f"{name} {values[-1][0]:.1f} s" for name, values in runs.items()),
               file=sys.stderr)
 
@@ -115,13 +127,15 @@ def main() -> None:
     print(f"{len(files)} pages from {folder}, Tesseract {langs} psm {psm}, {available_cores()} cores, "
           f"median of {args.repeat}, {datetime.now(UTC):%Y-%m-%d}")
     print()
-    print("| way | seconds (start-up included) | pages/s | pages read | batch is faster by |")
-    print("|---|---|---|---|---|")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    print()
+    print("| way | seconds (start-up included) | pages/s | batch is faster by | CPU seconds | pages read |")
+    print("|---|---|---|---|---|---|")
     for name, values in runs.items():
         seconds = median[name]
         faster = "—" if name == "batch" else f"{seconds / median['batch']:.2f}×"
-        print(f"| {labels[name]} | {seconds:.1f} | {len(files) / seconds:.2f} | {values[-1][1]}/{len(files)} "
-              f"| {faster} |")
+        print(f"| {labels[name]} | {seconds:.1f} | {len(files) / seconds:.2f} | {faster} | "
+              f"{statistics.median(cpu[name]):.1f} | {values[-1][1]}/{len(files)} |")
 
 
 if __name__ == "__main__":
