@@ -1,28 +1,43 @@
-"""ChatVLMLLM: interactive document OCR. Navigation and the sidebar; pages hold the rest."""
+"""ChatVLMLLM: interactive document OCR. Navigation and the sidebar; pages hold the rest.
+
+The page is drawn before the sidebar: the sidebar checks every model (a VLM's check imports the
+Hugging Face libraries), which the page shown first does not need to wait for.
+"""
 from __future__ import annotations
 
 import streamlit as st
 
-from pages.ui.common import get_loader, model_catalog, model_label
+from pages.ui.common import default_model, get_loader, model_catalog, model_label, startup_notes
 from pages.ui.model_setup import weights_controls
+from pages.ui.run import follow_pending, forget_follow
 from utils.config import ConfigError
 from utils.engine import gpu
 
 st.set_page_config(page_title="ChatVLMLLM OCR", page_icon="📄", layout="wide")
 
 
+def choose_model() -> None:
+    """The model every page uses, in a plain session key (not a widget's) so it survives page switches."""
+    if "model" not in st.session_state:
+        st.session_state["model"] = default_model()
+
+
+def _picked() -> None:
+    st.session_state["model"] = st.session_state["sidebar_model"]
+
+
 def sidebar() -> None:
     catalog = model_catalog()
     by_name = {s.name: s for s in catalog}
-    current = st.session_state.get("model")
-    if current not in by_name:
-        current = get_loader().default_model() or catalog[0].name
+    if st.session_state.get("model") not in by_name:
+        st.session_state["model"] = default_model() if default_model() in by_name else catalog[0].name
     with st.sidebar:
         st.header("Model")
-        # Kept in a plain session key (not the widget's) so every page sees it and it survives page switches.
-        name = st.selectbox("Model", list(by_name), index=list(by_name).index(current),
+        st.session_state["sidebar_model"] = st.session_state["model"]
+        name = st.selectbox("Model", list(by_name), key="sidebar_model", on_change=_picked,
                             format_func=lambda n: model_label(by_name[n]), label_visibility="collapsed")
-        st.session_state["model"] = name
+        for note in startup_notes():
+            st.warning(note)
         availability = by_name[name].availability
         if availability.available:
             st.caption(f"Ready · {availability.reason}")
@@ -59,8 +74,9 @@ def gpu_monitor() -> None:
             st.caption(" · ".join(e for e in extras if e))
 
 
+forget_follow()  # a run followed by an interrupted script run is picked up again by this one
 try:
-    sidebar()
+    choose_model()
 except ConfigError as exc:
     st.error(f"Configuration error: {exc}")
     st.stop()
@@ -76,3 +92,8 @@ return_to = st.session_state.pop("return_to", None)
 if return_to:
     st.switch_page(return_to)
 navigation.run()
+try:
+    sidebar()
+except ConfigError as exc:
+    st.sidebar.error(f"Configuration error: {exc}")
+follow_pending()

@@ -5,97 +5,89 @@ from __future__ import annotations
 
 import html
 
-import pandas as pd
 import streamlit as st
 
 from models.contract import PageResult, ResultKey, RunOptions
 from pages.ui.common import (
     TASK_LABELS,
-    UPLOAD_TYPES,
-    TokenView,
-    draw_boxes,
+    display_page,
     get_loader,
     model_catalog,
     model_label,
-    open_upload,
     page_image,
     require_app_shell,
 )
+from pages.ui.run import Entry, RunJob, follow_later
+from pages.ui.session import document_picker, restore_offer, show_notes, store_or_none, upload_box
+from pages.ui.workspace import Workspace, get_workspace, kept
 from utils.documents.reader import Document, DocumentError
-from utils.engine.loader import ModelUnavailable
-from utils.engine.runner import PageOutcome, result_key, run_pages
-from utils.messages import one_line
+from utils.engine.runner import result_key
 from utils.quality import metrics, scoring
 
 REFERENCE = "Reference text"
+DEFAULT_PROMPT = "Describe this document."
 DIFF_STYLE = {
     "delete": "background:#ffd7d5;color:#82071e;text-decoration:line-through",
     "insert": "background:#ccffd8;color:#055d20;text-decoration:none",
 }
+# Figures as people read them: percentages with two decimals (one for the coarser ones), never 1.4500.
+TABLE_FORMATS = {"CER %": "{:.2f}", "WER %": "{:.2f}", "Keyword recall %": "{:.1f}", "Bag-of-words F1 %": "{:.1f}",
+                 "Seconds": "{:.2f}"}
 
 
-def _store() -> dict[ResultKey, PageOutcome]:
-    # Every (page, model) run in this session, by ResultKey: a result or the page's own error.
-    return st.session_state.setdefault("compare_results", {})
+def _options() -> RunOptions:
+    task = st.session_state.get("compare_task")
+    return RunOptions(prompt=st.session_state.get("compare_prompt", DEFAULT_PROMPT) if task == "prompt" else None)
 
 
-def _run_jobs(document: Document, jobs: dict[str, list[int]], task: str, options: RunOptions) -> None:
-    """Run each model on its pages, one after another, with live progress and streamed tokens."""
-    loader = get_loader()
-    store = _store()
-    total = sum(len(pages) for pages in jobs.values())
-    counts = {"done": 0, "failed": 0}
-    with st.status(f"Running {total} job(s)…", expanded=True) as status:
-        bar = st.progress(0.0)
-        view = TokenView(st.empty(), tail=2000)
-        for model, pages in jobs.items():
-            def started(done: int, _total: int, index: int, model: str = model) -> None:
-                view.reset()
-                bar.progress(counts["done"] / total,
-                             text=f"{model} · page {index + 1} ({counts['done'] + 1} of {total})")
-
-            try:
-                for outcome in run_pages(loader, document, pages, model, task, options, on_page=started,
-                                         on_token=view):
-                    store[outcome.key] = outcome
-                    counts["done"] += 1
-                    view.placeholder.empty()
-                    if outcome.result is None:
-                        counts["failed"] += 1
-                        st.write(f"✗ {model} · {outcome.error}")
-                    else:
-                        st.write(f"✓ {model} · page {outcome.page + 1}: {outcome.result.seconds:.2f} s")
-            except ModelUnavailable as exc:  # shown for that model; the other models still run
-                for index in pages:
-                    key = result_key(document, index, model, task, options)
-                    store[key] = PageOutcome(key, error=one_line(exc))
-                counts["done"] += len(pages)
-                counts["failed"] += len(pages)
-                st.write(f"✗ {model}: {one_line(exc)}")
-        bar.progress(1.0, text="done")
-        failed = counts["failed"]
-        status.update(label=f"Ran {total} job(s)" + (f", {failed} failed" if failed else ""),
-                      state="error" if failed else "complete", expanded=False)
-
-
-def _request_rerun(model: str) -> None:
-    st.session_state["compare_rerun"] = model
+def _start(workspace: Workspace, only: str | None = None) -> None:
+    """Run's (or a model's ↻ Rerun) callback, before the page is drawn: the page shows the run at once.
+    Run skips what is done already; ↻ Rerun runs that model again on every selected page."""
+    document = workspace.document
+    if document is None or workspace.running("compare") is not None:
+        return
+    models = [only] if only else list(st.session_state.get("compare_models", []))
+    task = st.session_state.get("compare_task") or "text"
+    options = _options()
+    try:
+        indices = document.select(st.session_state.get("compare_pages", "1") if document.page_count > 1
+                                  else "1").indices
+    except DocumentError:
+        return
+    if only:
+        plan = [(only, indices)]
+    else:
+        plan = [(m, missing) for m in models
+                if (missing := [i for i in indices if result_key(document, i, m, task, options)
+                                not in workspace.entries])]
+    if not plan:
+        st.session_state["compare_flash"] = ("Every chosen model already has a result for these pages; "
+                                             "use ↻ Rerun on one to run it again.")
+        return
+    labels = {status.name: status.label for status in model_catalog()}
+    store = store_or_none(workspace)
+    workspace.jobs.append(RunJob(get_loader(), store, document, plan, task, options, kind="compare", labels=labels))
 
 
 def _reference_inputs() -> tuple[str, list[str]]:
-    """The reference (a pasted text, or an uploaded .txt which wins) and the keywords."""
+    """The reference (a pasted text, or an uploaded .txt which wins) and the keywords; the pasted text
+    and the keywords are kept in the workspace."""
     left, right = st.columns([3, 1])
-    pasted = left.text_area(REFERENCE + " (optional)", key="compare_reference", height=120,
+    pasted = left.text_area(REFERENCE + " (optional)", height=120, key=kept("compare_reference", "", _is_text),
                             help="The correct text of the page(s), to score each model against; "
                                  "for several pages, separate them with a form feed or upload a .txt")
     upload = right.file_uploader("…or a .txt file", type=["txt"], key="compare_reference_file")
-    keywords = right.text_area("Keywords, one per line", key="compare_keywords", height=68)
+    keywords = right.text_area("Keywords, one per line", height=68, key=kept("compare_keywords", "", _is_text))
     keyword_list = [line for line in keywords.splitlines() if line.strip()]
     if upload is not None:
         text = upload.getvalue().decode("utf-8-sig", errors="replace")
         st.caption(f"Reference from {upload.name} ({len(text):,} characters)")
         return text, keyword_list
     return pasted, keyword_list
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str)
 
 
 def _reference_for_page(reference: str, indices: list[int], index: int, page_count: int) -> str | None:
@@ -112,7 +104,8 @@ def _timing_line(result) -> str:
     return " · ".join(parts)
 
 
-def _show_column(document: Document, index: int, model: str, label: str, entry: PageOutcome | None) -> None:
+def _show_column(workspace: Workspace, document: Document, index: int, model: str, label: str,
+                 entry: Entry | None, running: bool) -> None:
     st.subheader(label)
     if entry is None:
         st.caption("Not run yet on this page.")
@@ -134,8 +127,8 @@ def _show_column(document: Document, index: int, model: str, label: str, entry: 
         with boxes_tab:
             image = page_image(document, index)
             if image is not None:
-                st.image(draw_boxes(image, result.blocks), width="stretch")
-    st.button("↻ Rerun", key=f"compare_rerun_{model}", on_click=_request_rerun, args=(model,),
+                st.image(display_page(image, result.blocks), output_format="JPEG", width="stretch")
+    st.button("↻ Rerun", key=f"compare_rerun_{model}", on_click=_start, args=(workspace, model), disabled=running,
               help=f"Run {label} again on the selected page(s); the other models keep their results")
 
 
@@ -170,6 +163,8 @@ def _show_diff(texts: dict[str, str], labels: dict[str, str]) -> None:
 
 def _show_scores(scores: dict[str, scoring.DocumentScore], seconds: dict[str, float], labels: dict[str, str],
                  keywords: list[str]) -> None:
+    import pandas as pd  # only here: the Compare page's other parts do without it
+
     st.subheader("Accuracy against the reference")
     rows = []
     for model, score in scores.items():
@@ -179,7 +174,8 @@ def _show_scores(scores: dict[str, scoring.DocumentScore], seconds: dict[str, fl
     table = pd.DataFrame(rows)
     if not keywords:
         table = table.drop(columns=["Keyword recall %"])
-    st.table(table.set_index("Model"))
+    shown = table.set_index("Model")
+    st.table(shown.style.format({c: f for c, f in TABLE_FORMATS.items() if c in shown.columns}, na_rep="—"))
     for model, score in scores.items():
         if score.keywords_missed:
             st.caption(f"{labels[model]} missed: {', '.join(score.keywords_missed)}")
@@ -194,37 +190,42 @@ def _choose(catalog: dict) -> tuple[list[str], str | None, str | None]:
     available = [name for name, status in catalog.items() if status.availability.available]
     unavailable = [status for status in catalog.values() if not status.availability.available]
     left, right = st.columns([3, 1])
-    models = left.multiselect("Models (two or more)", available, default=available[:2], key="compare_models",
-                              format_func=lambda n: model_label(catalog[n]))
+    models = left.multiselect("Models (two or more)", available, format_func=lambda n: model_label(catalog[n]),
+                              key=kept("compare_models", available[:2],
+                                       lambda v: isinstance(v, list) and all(m in available for m in v)))
     if unavailable:
         left.caption("Not available here: " + "; ".join(f"{s.label} ({s.availability.status})" for s in unavailable))
     shared = [t for t in TASK_LABELS if models and all(t in catalog[m].tasks for m in models)]
     if models and not shared:
         right.error("These models share no task.")
         return models, None, None
-    task = right.selectbox("Task", shared or ["text"], format_func=lambda t: TASK_LABELS.get(t, t),
-                           key="compare_task")
-    prompt = st.text_area("Prompt", "Describe this document.", key="compare_prompt") if task == "prompt" else None
+    tasks = shared or ["text"]
+    task = right.selectbox("Task", tasks, format_func=lambda t: TASK_LABELS.get(t, t),
+                           key=kept("compare_task", tasks[0], lambda t: t in tasks))
+    prompt = st.text_area("Prompt", key=kept("compare_prompt", DEFAULT_PROMPT, _is_text)) if task == "prompt" else None
     return models, task, prompt
 
 
 def main() -> None:
     require_app_shell("pages/compare.py")
     st.title("Compare models")
-    rerun = st.session_state.pop("compare_rerun", None)
+    workspace = get_workspace()
+    workspace.collect()
+    store = store_or_none(workspace)
     catalog = {status.name: status for status in model_catalog()}
-    upload = st.file_uploader("A scan or PDF", type=UPLOAD_TYPES, key="compare_upload",
-                              help="PNG, JPEG, TIFF, WebP, BMP, GIF or PDF")
+    restore_offer(workspace, store)
+    upload_box(workspace, store, "compare_upload", "A scan or PDF")
+    show_notes(workspace)
     models, task, prompt = _choose(catalog)
-    if upload is None:
+    if workspace.document is None:
         st.caption("Upload a document, pick two or more models and run them on the same page.")
         return
-    document = open_upload(upload)
-    if document is None or task is None:
+    document = document_picker(workspace, "compare_document")
+    if task is None:
         return
     selection = "1"
     if document.page_count > 1:
-        selection = st.text_input(f"Pages (of {document.page_count})", "1", key="compare_pages",
+        selection = st.text_input(f"Pages (of {document.page_count})", key=kept("compare_pages", "1", _is_text),
                                   help='Like "1-3,7"; empty = all pages')
     try:
         indices = document.select(selection).indices
@@ -237,32 +238,44 @@ def main() -> None:
     def key(index: int, model: str) -> ResultKey:
         return result_key(document, index, model, task, options)
 
-    store = _store()
-    if st.button(f"Run {len(models)} models", type="primary", disabled=len(models) < 2, key="compare_run"):
-        jobs = {m: missing for m in models if (missing := [i for i in indices if key(i, m) not in store])}
-        if jobs:
-            _run_jobs(document, jobs, task, options)
-        else:
-            st.info("Every chosen model already has a result for these pages; use ↻ Rerun on one to run it again.")
-    if rerun in models:
-        _run_jobs(document, {rerun: indices}, task, options)
+    entries = workspace.entries
+    job = workspace.running("compare")
+    buttons = st.columns([2, 1, 5], vertical_alignment="center")
+    why = "A run is going on: wait for it, or stop it." if job is not None else \
+        "Pick at least two models." if len(models) < 2 else None
+    buttons[0].button(f"Run {len(models)} models", type="primary", disabled=why is not None, key="compare_run",
+                      on_click=_start, args=(workspace,), width="stretch")
+    if job is not None:
+        buttons[1].button("Stop", key="compare_stop", on_click=job.stop.set, disabled=job.stop.is_set(),
+                          icon=":material/stop_circle:", help="Stop after the page being read; finished pages are kept")
+    if why is not None:
+        buttons[2].caption(why)
+    flash = st.session_state.pop("compare_flash", None)
+    if flash:
+        st.info(flash)
+    panel = st.empty()
+    if job is not None:
+        follow_later(job, panel, job.labels)
     if len(models) < 2:
         st.info("Pick at least two models to compare.")
     if not models:
+        workspace.autosave(store)
         return
 
     labels = {m: catalog[m].label for m in models}
     index = indices[0]
     if len(indices) > 1:
-        index = st.selectbox("Show page", indices, format_func=lambda i: f"Page {i + 1}", key="compare_view_page")
+        index = st.selectbox("Show page", indices, format_func=lambda i: f"Page {i + 1}",
+                             key=kept("compare_view_page", indices[0], lambda v: v in indices))
     columns = st.columns(len(models))
     for column, model in zip(columns, models):
         with column:
-            _show_column(document, index, model, labels[model], store.get(key(index, model)))
+            _show_column(workspace, document, index, model, labels[model], entries.get(key(index, model)),
+                         running=job is not None)
 
     results: dict[str, dict[int, PageResult]] = {}
     for model in models:
-        done = {i: entry.result for i in indices if (entry := store.get(key(i, model))) and entry.result}
+        done = {i: entry.result for i in indices if (entry := entries.get(key(i, model))) and entry.result}
         if done:
             results[model] = done
     diff_sources = {m: pages[index].text for m, pages in results.items() if index in pages}
@@ -289,6 +302,7 @@ def main() -> None:
                 st.caption(f"Pages {pages} each scored against their own part of the reference (split by form feeds).")
         else:
             st.caption("Run the models to score them against the reference.")
+    workspace.autosave(store)
 
 
 main()

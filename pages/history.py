@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import PurePosixPath
 
 import streamlit as st
 
-from pages.ui.common import TASK_LABELS, require_app_shell
-from pages.ui.stored import get_store, result_label, show_page_result, stored_page_image
-from utils.documents.export import FORMATS, document_text, document_zip, page_filename, page_text
+from pages.ui.common import TASK_LABELS, get_loader, require_app_shell
+from pages.ui.stored import get_store, result_label, show_stored, stored_page_image
+from pages.ui.workspace import get_workspace
+from utils.documents.export import FORMATS, document_text, document_zip, download_name, page_text
 from utils.messages import one_line
 from utils.store import Store, StoredResult
 
@@ -50,29 +50,39 @@ def _pdf_of(store: Store, results: list[StoredResult]):
 
 
 def _exports(store: Store, stored: StoredResult, kept: bool) -> None:
-    stem = PurePosixPath(stored.document_name).stem
     result = stored.result
+    key = stored.key
+    prompt = stored.options.prompt if key.task == "prompt" else None
+    page_count = (kept_doc.page_count if (kept_doc := store.kept_document(key.digest)) else None)
+
+    def name(pages: list[int], fmt: str) -> str:
+        return download_name(stored.document_name, pages, key.task, key.model, fmt, page_count)
+
     st.markdown("**This page**")
     cols = st.columns(len(FORMATS) + 1)
     for col, fmt in zip(cols, FORMATS):
-        col.download_button(f"⬇ {fmt.upper()}", page_text(result, fmt), file_name=page_filename(stem, result, fmt),
-                            mime=MIME[fmt], key=f"history_page_{fmt}")
+        col.download_button(f"⬇ {fmt.upper()}", page_text(result, fmt, correction=stored.correction, prompt=prompt),
+                            file_name=name([key.page], fmt), mime=MIME[fmt], key=f"history_page_{fmt}")
     cols[-1].download_button("⬇ PDF (searchable)", _pdf_of(store, [stored]), disabled=not kept,
-                             file_name=page_filename(stem, result, "pdf"), mime=MIME["pdf"], key="history_page_pdf",
+                             file_name=name([key.page], "pdf"), mime=MIME["pdf"], key="history_page_pdf",
                              help=None if kept else "the source document is no longer kept")
     pages = store.document_results(stored.key)
     if len(pages) < 2:
         return
     st.markdown(f"**The whole document** ({len(pages)} pages with {stored.key.model}, newest result of each)")
     results = [p.result for p in pages]
+    corrections = {p.key.page: p.correction for p in pages if p.correction is not None}
+    numbers = [p.key.page for p in pages]
     cols = st.columns(len(FORMATS) + 2)
     for col, fmt in zip(cols, FORMATS):
-        col.download_button(f"⬇ {fmt.upper()}", document_text(results, fmt),
-                            file_name=f"{stem}_{stored.key.model}.{fmt}", mime=MIME[fmt], key=f"history_doc_{fmt}")
-    cols[-2].download_button("⬇ ZIP (all)", lambda: document_zip(stored.document_name, results),
-                             file_name=f"{stem}_{stored.key.model}.zip", mime=MIME["zip"], key="history_doc_zip")
+        col.download_button(f"⬇ {fmt.upper()}", document_text(results, fmt, corrections=corrections, prompt=prompt),
+                            file_name=name(numbers, fmt), mime=MIME[fmt], key=f"history_doc_{fmt}")
+    cols[-2].download_button("⬇ ZIP (all)", lambda: document_zip(stored.document_name, results,
+                                                                 corrections=corrections, prompt=prompt,
+                                                                 page_count=page_count),
+                             file_name=name(numbers, "zip"), mime=MIME["zip"], key="history_doc_zip")
     cols[-1].download_button("⬇ PDF (searchable)", _pdf_of(store, pages), disabled=not kept,
-                             file_name=f"{stem}_{stored.key.model}.pdf", mime=MIME["pdf"], key="history_doc_pdf")
+                             file_name=name(numbers, "pdf"), mime=MIME["pdf"], key="history_doc_pdf")
 
 
 def _delete(store: Store, stored: StoredResult, shown: list[int], total: int) -> None:
@@ -91,6 +101,24 @@ def _delete(store: Store, stored: StoredResult, shown: list[int], total: int) ->
             st.session_state.pop("history_delete_confirm", None)
             st.toast(f"Deleted {deleted} result(s)")
             st.rerun()
+
+
+def _open_in_workspace(store: Store, stored: StoredResult) -> None:
+    workspace = get_workspace()
+    ids = [p.id for p in store.document_results(stored.key)] or [stored.id]
+    problems = workspace.open_stored(store, ids)
+    if problems:
+        st.error(problems[0])
+        return
+    document = workspace.document
+    if document is not None and document.page_count > 1:
+        st.session_state[f"ocr_page_{document.digest[:16]}"] = stored.key.page + 1
+    st.session_state["ocr_task"] = stored.key.task
+    if stored.key.model in get_loader().settings.models:
+        st.session_state["model"] = stored.key.model
+    if stored.options.prompt:
+        st.session_state["ocr_prompt"] = stored.options.prompt
+    st.switch_page("pages/ocr.py")
 
 
 def main() -> None:
@@ -115,7 +143,8 @@ def main() -> None:
         return
     st.dataframe([{"when": r.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"), "document": r.document_name,
                    "page": r.key.page + 1, "model": r.key.model, "task": r.key.task, "chars": r.chars,
-                   "seconds": round(r.seconds, 2) if r.seconds is not None else None, "text": r.preview}
+                   "seconds": round(r.seconds, 2) if r.seconds is not None else None,
+                   "corrected": "✎" if r.corrected else "", "text": r.preview}
                   for r in rows], hide_index=True, width="stretch", height=min(38 + 35 * len(rows), 320))
     if total > len(rows):
         st.selectbox("List at most", PAGE_SIZES, key="history_limit")
@@ -138,8 +167,12 @@ def main() -> None:
         st.warning(f"Recovery while this page ran: {event.get('kind')} → {event.get('action')}")
     image = stored_page_image(str(store.path), stored.id)
     kept = image is not None
-    show_page_result(stored.result, image, key=f"history_{stored.id}",
-                     missing_image="The page image is no longer kept (store.max_files_mb); the text and boxes are.")
+    if st.button("Open in the OCR workspace", key="history_to_ocr", icon=":material/open_in_new:", disabled=not kept,
+                 help="The document and every page of it read this way, to read on, correct and run again"
+                 if kept else "The source document is no longer kept"):
+        _open_in_workspace(store, stored)
+    show_stored(store, stored, image, key=f"history_{stored.id}",
+                missing_image="The page image is no longer kept (store.max_files_mb); the text and boxes are.")
     st.subheader("Export")
     _exports(store, stored, kept)
     st.subheader("Delete")

@@ -1,162 +1,186 @@
-"""OCR page: upload, pick pages, run the chosen model, read text/markdown/JSON, download."""
+"""OCR page: the workspace's documents, pick pages, run the chosen model (in the background, with Stop),
+read text/markdown/JSON, correct the text, download."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import streamlit as st
 
 from models.contract import PageResult, ResultKey, RunOptions
-from pages.ui.common import (
-    TASK_LABELS,
-    UPLOAD_TYPES,
-    TokenView,
-    draw_boxes,
-    get_loader,
-    model_catalog,
-    open_upload,
-    page_image,
-    require_app_shell,
+from pages.ui.common import TASK_LABELS, get_loader, model_status, page_image, require_app_shell
+from pages.ui.result_view import show_result
+from pages.ui.run import Entry, RunJob, follow_later
+from pages.ui.session import (
+    MIME,
+    document_picker,
+    page_strip,
+    restore_offer,
+    show_notes,
+    store_or_none,
+    upload_box,
 )
-from utils.documents.export import FORMATS, document_text, document_zip, page_filename, page_text
-from utils.documents.reader import Document, DocumentError, PageSelection
-from utils.engine.loader import ModelUnavailable
-from utils.engine.runner import PageOutcome, result_key, run_pages
-from utils.messages import one_line
+from pages.ui.workspace import Workspace, flag, get_workspace, kept, set_flag
+from utils.documents.export import FORMATS, document_text, document_zip, download_name, page_text
+from utils.documents.reader import Document, DocumentError
+from utils.engine.runner import result_key
 
 MAX_ERRORS_SHOWN = 5
-MIME = {"txt": "text/plain", "md": "text/markdown", "json": "application/json"}
+DEFAULT_PROMPT = "Describe this document."
 
 
-def _results() -> dict[ResultKey, PageOutcome]:
-    # Every page run in this session, by ResultKey: survives reruns and model switches.
-    return st.session_state.setdefault("ocr_results", {})
+def _keys(document: Document) -> tuple[str, str]:
+    """The widget keys of the page picker and of "Pages to run": one pair per document, so each document
+    keeps its own."""
+    return f"ocr_page_{document.digest[:16]}", f"ocr_pages_{document.digest[:16]}"
+
+
+def _prompt() -> str | None:
+    return st.session_state.get("ocr_prompt", DEFAULT_PROMPT) if st.session_state.get("ocr_task") == "prompt" \
+        else None
+
+
+def _start(workspace: Workspace) -> None:
+    """Run's callback: it runs before the page is drawn, so the page already shows Run disabled, Stop,
+    and the first page of the run."""
+    document = workspace.document
+    if document is None or workspace.running("ocr") is not None:
+        return
+    model = st.session_state["model"]
+    status = model_status(model)
+    page_key, pages_key = _keys(document)
+    spec = st.session_state.get(pages_key, "1") if document.page_count > 1 else "1"
+    try:
+        selection = document.select(spec)
+    except DocumentError:
+        return  # Run is disabled with the reason shown while the selection is invalid
+    task = st.session_state.get("ocr_task", status.tasks[0])
+    job = RunJob(get_loader(), store_or_none(workspace), document, [(model, selection.indices)], task,
+                 RunOptions(prompt=_prompt()), warnings=selection.warnings, kind="ocr",
+                 labels={model: status.label})
+    workspace.jobs.append(job)
+    if document.page_count > 1:
+        st.session_state[page_key] = selection.indices[0] + 1  # show the first page that runs
+
+
+def _why_not(status, job: RunJob | None, document: Document, spec: str) -> str | None:
+    """Why Run is disabled, in words (None: it is not)."""
+    if job is not None:
+        return "A run is going on: wait for it, or stop it." if not job.stop.is_set() else \
+            "Stopping after the page being read…"
+    if not status.availability.available:
+        return f"{status.label} is not available here: {status.availability.reason or status.availability.status}."
+    try:
+        document.select(spec)
+    except DocumentError as exc:
+        return str(exc)
+    return None
 
 
 def _same_run(key: ResultKey, like: ResultKey) -> bool:
     return (key.digest, key.model, key.task, key.variant) == (like.digest, like.model, like.task, like.variant)
 
 
-def _outcomes(like: ResultKey) -> dict[int, PageOutcome]:
-    """{page: outcome} of this document with this model, task and options."""
-    return {key.page: outcome for key, outcome in _results().items() if _same_run(key, like)}
-
-
-def _run(document: Document, selection: PageSelection, model: str, task: str, options: RunOptions) -> None:
-    store = _results()
-    progress = st.progress(0.0, text=f"Running {model}…")
-    view = TokenView(st.empty(), tail=3000)
-
-    def started(done: int, total: int, index: int) -> None:
-        view.reset()
-        progress.progress(done / total, text=f"{model}: page {index + 1} ({done + 1} of {total})")
-
-    try:
-        for outcome in run_pages(get_loader(), document, selection.indices, model, task, options,
-                                 on_page=started, on_token=view, warnings=selection.warnings):
-            store[outcome.key] = outcome  # a failed page keeps its error; the other pages still run
-    except ModelUnavailable as exc:
-        st.error(f"{document.name}: {one_line(exc)}")
-    progress.empty()
-    view.placeholder.empty()
-
-
-def _show_result(document, index, result) -> None:
-    image = page_image(document, index)
-    cols = st.columns(5)
-    cols[0].metric("Device", f"{result.device}" + (f" · {result.dtype}" if result.dtype else ""))
-    cols[1].metric("Profile", result.profile)
-    cols[2].metric("Inference", f"{result.seconds:.2f} s")
-    cols[3].metric("Load", f"{result.load_seconds:.2f} s" if result.load_seconds is not None else "cached")
-    cols[4].metric("Blocks", len(result.blocks))
-    for warning in result.warnings:
-        st.warning(warning)
-    left, right = st.columns([1, 1])
-    with left:
-        if image is not None:
-            st.image(draw_boxes(image, result.blocks), caption=f"Page {index + 1} with {len(result.blocks)} boxes",
-                     width="stretch")
-    with right:
-        text_tab, md_tab, json_tab = st.tabs(["Text", "Markdown", "JSON"])
-        with text_tab:
-            st.text_area("Recognised text", result.text, height=520, key=f"text_{result.model}_{result.task}_{index}")
-        with md_tab:
-            st.markdown(result.markdown or result.text)
-        with json_tab:
-            st.json(result.model_dump(mode="json"), expanded=1)
-
-
-def _downloads(document: Document, pages: dict[int, PageResult]) -> None:
-    stem = Path(document.name).stem
-    ordered = [pages[i] for i in sorted(pages)]
+def _downloads(document: Document, entries: dict[int, Entry], task: str, model: str, prompt: str | None) -> None:
+    pages = sorted(entries)
+    results: list[PageResult] = [entries[i].result for i in pages if entries[i].result is not None]
+    corrections = {i: entries[i].correction for i in pages if entries[i].correction is not None}
     cols = st.columns(len(FORMATS) + 1)
     for col, fmt in zip(cols, FORMATS):
-        name = f"{stem}_{ordered[0].model}.{fmt}" if len(ordered) > 1 else page_filename(stem, ordered[0], fmt)
-        body = document_text(ordered, fmt) if len(ordered) > 1 else page_text(ordered[0], fmt)
+        name = download_name(document.name, pages, task, model, fmt, document.page_count)
+        if len(results) > 1:
+            body = document_text(results, fmt, corrections=corrections, prompt=prompt)
+        else:
+            body = page_text(results[0], fmt, correction=corrections.get(pages[0]), prompt=prompt)
         col.download_button(f"⬇ {fmt.upper()}", body, file_name=name, mime=MIME[fmt], key=f"dl_{fmt}")
-    if len(ordered) > 1:
-        cols[-1].download_button("⬇ ZIP (all pages)", document_zip(document.name, ordered),
-                                 file_name=f"{stem}_{ordered[0].model}.zip", mime="application/zip", key="dl_zip")
+    if len(results) > 1:
+        cols[-1].download_button(
+            "⬇ ZIP (all pages)",
+            document_zip(document.name, results, corrections=corrections, prompt=prompt,
+                         page_count=document.page_count),
+            file_name=download_name(document.name, pages, task, model, "zip", document.page_count),
+            mime="application/zip", key="dl_zip")
 
 
 def main() -> None:
     require_app_shell("pages/ocr.py")
     st.title("OCR")
-    catalog = {s.name: s for s in model_catalog()}
-    model = st.session_state.get("model")
-    if model not in catalog:
-        st.info("No model is available. Open the System page to see why.")
-        return
-    status = catalog[model]
+    workspace = get_workspace()
+    workspace.collect()
+    store = store_or_none(workspace)
+    model = st.session_state["model"]
+    status = model_status(model)
 
-    uploads = st.file_uploader("Scans or PDFs", type=UPLOAD_TYPES, accept_multiple_files=True,
-                               help="PNG, JPEG, TIFF, WebP, BMP, GIF or PDF")
-    if not uploads:
+    restore_offer(workspace, store)
+    upload_box(workspace, store, "ocr_upload", "Scans or PDFs")
+    show_notes(workspace)
+    document = workspace.document
+    if document is None:
         st.caption("Upload one or more documents to start.")
         return
-    documents = [d for d in (open_upload(u) for u in uploads) if d is not None]
-    if not documents:
-        return
-    names = [d.name for d in documents]
-    document = documents[names.index(st.selectbox("Document", names))] if len(documents) > 1 else documents[0]
+    document = document_picker(workspace, "ocr_document")
 
+    page_key, pages_key = _keys(document)
     top = st.columns([1, 1, 2])
-    task = top[0].selectbox("Task", status.tasks, format_func=lambda t: TASK_LABELS.get(t, t))
-    index = 0
+    task = top[0].selectbox("Task", status.tasks, format_func=lambda t: TASK_LABELS.get(t, t),
+                            key=kept("ocr_task", status.tasks[0], lambda t: t in status.tasks))
+    index, spec = 0, "1"
     if document.page_count > 1:
-        index = top[1].number_input(f"Page (of {document.page_count})", 1, document.page_count, 1) - 1
-        selection = top[2].text_input("Pages to run", f"{index + 1}", help='Like "1-3,7"; empty = all pages')
-    else:
-        selection = "1"
-    prompt = st.text_area("Prompt", "Describe this document.") if task == "prompt" else None
-
+        count = document.page_count
+        index = top[1].number_input(f"Page (of {count})", 1, count,
+                                    key=kept(page_key, 1, lambda v: isinstance(v, int) and 1 <= v <= count)) - 1
+        # "Pages to run" follows the page shown until the user types into it; from then on it is theirs.
+        typed = f"{pages_key}_typed"
+        if not flag(typed):
+            st.session_state[pages_key] = str(index + 1)
+        spec = top[2].text_input("Pages to run", key=kept(pages_key, str(index + 1), lambda v: isinstance(v, str)),
+                                 on_change=set_flag, args=(typed,), help='Like "1-3,7"; empty = all pages')
+    prompt = None
+    if task == "prompt":
+        prompt = st.text_area("Prompt", key=kept("ocr_prompt", DEFAULT_PROMPT, lambda v: isinstance(v, str)))
     options = RunOptions(prompt=prompt)
-    if st.button(f"Run {status.label}", type="primary", disabled=not status.availability.available):
-        try:
-            chosen = document.select(selection)
-        except DocumentError as exc:
-            st.error(str(exc))
-        else:
-            _run(document, chosen, model, task, options)
 
-    outcomes = _outcomes(result_key(document, index, model, task, options))
-    pages = {page: o.result for page, o in sorted(outcomes.items()) if o.result is not None}
-    failed = [o.error for _, o in sorted(outcomes.items()) if o.error]
+    job = workspace.running("ocr")
+    reason = _why_not(status, job, document, spec)
+    buttons = st.columns([2, 1, 5], vertical_alignment="center")
+    buttons[0].button(f"Run {status.label}", type="primary", disabled=reason is not None, key="ocr_run",
+                      on_click=_start, args=(workspace,), width="stretch")
+    if job is not None:
+        buttons[1].button("Stop", key="ocr_stop", on_click=job.stop.set, disabled=job.stop.is_set(),
+                          icon=":material/stop_circle:", help="Stop after the page being read; finished pages are kept")
+    if reason is not None:
+        buttons[2].caption(reason)
+    panel = st.empty()
+    if job is not None:
+        follow_later(job, panel, job.labels)
+
+    like = result_key(document, index, model, task, options)
+    outcomes = {key.page: entry for key, entry in workspace.entries.items() if _same_run(key, like)}
+    pending = set(job.plan[0][1]) if job is not None and job.document.digest == document.digest else set()
+    if document.page_count > 1:
+        page_strip(document, index, page_key, {page: "✓" if e.result else "✗" for page, e in outcomes.items()},
+                   pending - set(outcomes))
+    failed = [entry.error for _, entry in sorted(outcomes.items()) if entry.error]
     for error in failed[:MAX_ERRORS_SHOWN]:
         st.error(error)
     if len(failed) > MAX_ERRORS_SHOWN:
         st.error(f"…and {len(failed) - MAX_ERRORS_SHOWN} more page(s) failed")
     shown = outcomes.get(index)
     if shown is not None and shown.result is not None:
-        _show_result(document, index, shown.result)
+        show_result(shown.result, page_image(document, index), f"ocr_{shown.uid}", correction=shown.correction,
+                    on_correct=lambda text, entry=shown: workspace.correct(entry, text, store),
+                    prompt=prompt, wall_seconds=shown.wall_seconds)
     elif shown is None:  # a failed page's error is listed above; rendering it again would repeat it
         image = page_image(document, index)
         if image is not None:
-            st.image(image, caption=f"Page {index + 1} — not run yet with {status.label}", width="stretch")
-    if pages:
+            state = "being read" if index in pending else f"not run yet with {status.label}"
+            st.image(image, caption=f"Page {index + 1} — {state}", width="stretch")
+    done = {page: entry for page, entry in outcomes.items() if entry.result is not None}
+    if done:
         st.subheader("Download")
-        st.caption(f"{len(pages)} page(s) of {document.name} recognised with {model}"
+        corrected = sum(entry.correction is not None for entry in done.values())
+        st.caption(f"{len(done)} page(s) of {document.name} recognised with {model}"
+                   + (f"; {corrected} corrected by you" if corrected else "")
                    + (f"; {len(failed)} page(s) failed and are not in the files" if failed else ""))
-        _downloads(document, pages)
+        _downloads(document, done, task, model, prompt)
+    workspace.autosave(store)
 
 
 main()

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -92,9 +93,13 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def serve_app(env: dict[str, str] | None = None):
     """`streamlit run app.py` on a free local port, healthy before it is handed out; `env` is added to
-    the server's environment."""
+    the server's environment. Unless `env` says otherwise, the results store and the local settings
+    are in a folder of their own, removed afterwards: a test never writes into data/."""
     port = _free_port()
-    env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false", **(env or {}))
+    scratch = tempfile.TemporaryDirectory(prefix="ocr-app-")
+    env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
+               **{"OCR_STORE_DB": str(Path(scratch.name) / "results.db"),
+                  "OCR_LOCAL_SETTINGS": str(Path(scratch.name) / "local_settings.json"), **(env or {})})
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
@@ -118,6 +123,8 @@ def serve_app(env: dict[str, str] | None = None):
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
+        scratch.cleanup()
 
 
 @pytest.fixture(scope="session")
@@ -163,7 +170,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def app_test(monkeypatch):
+def app_test(monkeypatch, tmp_path):
     """AppTest of app.py, every rerun going through app.py as on a live server.
 
     AppTest re-detects the pages/ folder before each run and then reruns only the page script
@@ -182,6 +189,10 @@ def app_test(monkeypatch):
     monkeypatch.setattr(PagesManager, "__init__", init)
 
     def start(timeout: float = 120) -> AppTest:
+        # The app's results store and local settings: the test's own, unless the test set them already.
+        for variable, name in (("OCR_STORE_DB", "results.db"), ("OCR_LOCAL_SETTINGS", "local_settings.json")):
+            if variable not in os.environ:
+                monkeypatch.setenv(variable, str(tmp_path / name))
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
         at.run()
         assert not at.exception, at.exception

@@ -4,19 +4,26 @@ No model logic here: everything goes through utils.engine.loader.Loader.
 """
 from __future__ import annotations
 
+import dataclasses
+import io
+import logging
 import threading
-import time
-from collections.abc import Callable
+from pathlib import Path
 
 import streamlit as st
 from PIL import Image, ImageDraw
 
 from models.contract import Block
+from utils import local_settings
 from utils.config import cached_settings
 from utils.documents.reader import ACCEPTED_SUFFIXES, Document, DocumentError, open_document
 from utils.engine.loader import Loader, ModelStatus
 
-TOKEN_REDRAW_S = 0.1  # streamed tokens redraw the page at most ten times a second
+DISPLAY_WIDTH = 1200  # px of a page sent to the browser: a half-width column on a 2x screen, never the scan
+THUMB_HEIGHT = 120  # px of a page thumbnail
+THUMB_DPI = 24  # a PDF page is rendered this small for its thumbnail, not rendered full and shrunk
+BOX_GAP = 2  # px between a box's outline and the pixels it encloses, so no letter is drawn over
+_log = logging.getLogger(__name__)
 
 UPLOAD_TYPES = ACCEPTED_SUFFIXES
 TASK_LABELS = {"text": "Plain text", "markdown": "Markdown", "layout": "Layout (boxes + categories)",
@@ -47,21 +54,81 @@ def _loader_is_healthy(loader: Loader) -> bool:
     return healthy() if callable(healthy) else True
 
 
-@st.cache_resource(show_spinner="Starting the OCR engine…", validate=_loader_is_healthy,
-                   on_release=lambda loader: loader.close())
-def _cached_loader() -> Loader:
-    return Loader(cached_settings())
+def apply_local_settings(loader: Loader) -> list[str]:
+    """The snapshot folders saved from the UI (data/local_settings.json), applied to a new loader.
+    Returns one line for each that cannot be applied (the folder is gone, the model was removed)."""
+    from models.vlm.weights import weights_problem
+
+    try:
+        saved = local_settings.load()
+    except local_settings.LocalSettingsError as exc:
+        return [str(exc)]
+    problems = []
+    for model, folder in saved.model_paths.items():
+        if model not in loader.settings.models:
+            problems.append(f"{model}: a local folder is saved for it, but config.yaml has no such model")
+            continue
+        problem = weights_problem(Path(folder))
+        if problem:
+            problems.append(f"{model}: the saved local folder cannot be used ({problem})")
+            continue
+        loader.set_model_path(model, folder)
+    return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class _Engine:
+    loader: Loader
+    notes: tuple[str, ...]  # local settings that could not be applied at start
+
+
+def _engine_is_healthy(engine: _Engine) -> bool:
+    return _loader_is_healthy(engine.loader)
+
+
+@st.cache_resource(show_spinner="Starting the OCR engine…", validate=_engine_is_healthy,
+                   on_release=lambda engine: engine.loader.close())
+def _cached_engine() -> _Engine:
+    loader = Loader(cached_settings())
+    notes = apply_local_settings(loader)
+    for note in notes:
+        _log.warning(note)
+    return _Engine(loader, tuple(notes))
 
 
 def get_loader() -> Loader:
     """One Loader per server process: models stay loaded across reruns and sessions."""
     with _loader_lock:
-        return _cached_loader()
+        return _cached_engine().loader
+
+
+def startup_notes() -> tuple[str, ...]:
+    with _loader_lock:
+        return _cached_engine().notes
 
 
 @st.cache_data(ttl=30, show_spinner=False)
 def model_catalog() -> list[ModelStatus]:
     return get_loader().catalog()
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def model_status(name: str) -> ModelStatus:
+    """One model's status: what a page needs, without checking every model (the sidebar does that)."""
+    return get_loader().status(name)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def default_model() -> str:
+    loader = get_loader()
+    return loader.default_model() or next(iter(loader.settings.models))
+
+
+def refresh_models() -> None:
+    """After a change that makes a model (un)available: check again at the next look."""
+    model_catalog.clear()
+    model_status.clear()
+    default_model.clear()
 
 
 def model_label(status: ModelStatus) -> str:
@@ -74,17 +141,15 @@ def _open_cached(file_id: str, name: str, _data: bytes) -> Document:
     return open_document(name, _data, cached_settings().documents)
 
 
-def open_upload(uploaded) -> Document | None:
-    """A validated Document, or None after showing a one-line error; nothing else on the page is lost.
+def open_document_cached(file_id: str, name: str, data: bytes) -> Document:
+    """A validated Document, or DocumentError in one line.
 
     Keyed by the upload's file_id, so the bytes are read and hashed once per upload, not on every
     rerun; the Document is immutable, so every rerun and session can share the cached one.
     """
-    try:
-        return _open_cached(uploaded.file_id, uploaded.name, uploaded.getvalue())
-    except DocumentError as exc:
-        st.error(str(exc))
-        return None
+    document = _open_cached(file_id, name, data)
+    _ = document.digest  # hashed once, here, not in the middle of a later rerun
+    return document
 
 
 def page_image(document: Document, index: int) -> Image.Image | None:
@@ -95,8 +160,7 @@ def page_image(document: Document, index: int) -> Image.Image | None:
     if shown is not None and shown[0] == key:
         return shown[1]
     try:
-        with st.spinner("Rendering page…"):
-            image = document.render(index).image
+        image = document.render(index).image
     except DocumentError as exc:
         st.error(str(exc))
         return None
@@ -104,41 +168,45 @@ def page_image(document: Document, index: int) -> Image.Image | None:
     return image
 
 
-class TokenView:
-    """Streamed tokens drawn into a placeholder, at most once per TOKEN_REDRAW_S.
-
-    A model streams many tokens a second; redrawing on each one floods the browser with messages.
-    """
-
-    def __init__(self, placeholder, tail: int, interval: float = TOKEN_REDRAW_S,
-                 clock: Callable[[], float] = time.monotonic):
-        self.placeholder = placeholder
-        self.tail = tail
-        self.interval = interval
-        self.clock = clock
-        self.draws = 0
-        self.reset()
-
-    def reset(self) -> None:
-        """A new page: forget the previous page's tokens."""
-        self._pieces: list[str] = []
-        self._drawn_at = float("-inf")
-
-    def __call__(self, piece: str) -> None:
-        self._pieces.append(piece)
-        now = self.clock()
-        if now - self._drawn_at >= self.interval:
-            self._drawn_at = now
-            self.draws += 1
-            self.placeholder.code("".join(self._pieces)[-self.tail:], language=None)
+@st.cache_data(max_entries=512, show_spinner=False)
+def thumbnail(digest: str, index: int, _document: Document) -> bytes | None:
+    """A small JPEG of one page (None: the page cannot be rendered; its error shows elsewhere)."""
+    small = dataclasses.replace(_document, dpi=THUMB_DPI) if _document.kind == "pdf" else _document
+    try:
+        image = small.render(index).image
+    except DocumentError:
+        return None
+    image = image.convert("RGB")
+    image.thumbnail((THUMB_HEIGHT * 2, THUMB_HEIGHT))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
 
 
-def draw_boxes(image: Image.Image, blocks: list[Block]) -> Image.Image:
-    """The page with each block's box outlined in its category's colour."""
-    canvas = image.convert("RGB").copy()
+def draw_boxes(image: Image.Image, blocks: list[Block], max_width: int | None = None) -> Image.Image:
+    """The page with each block's box outlined in its category's colour, the outline drawn just outside
+    the box so it never covers the first or last letter; `max_width` shrinks the page first (boxes are
+    in the page's own pixels and are scaled with it)."""
+    scale = min(1.0, max_width / image.width) if max_width else 1.0
+    canvas = image.convert("RGB")  # a new image: the page itself is never drawn on
+    if scale < 1.0:
+        canvas = canvas.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                               Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(canvas)
     width = max(2, round(max(canvas.size) / 600))
+    outside = BOX_GAP + width  # PIL draws an outline inwards from the rectangle it is given
     for block in blocks:
         colour = CATEGORY_COLOURS.get(block.category, (31, 119, 180))
-        draw.rectangle(block.bbox, outline=colour, width=width)
+        x1, y1, x2, y2 = (v * scale for v in block.bbox)
+        draw.rectangle((x1 - outside, y1 - outside, x2 + outside, y2 + outside), outline=colour, width=width)
     return canvas
+
+
+def display_page(image: Image.Image, blocks: list[Block]) -> Image.Image:
+    """The page as the browser gets it: at most DISPLAY_WIDTH wide, with its boxes."""
+    return draw_boxes(image, blocks, max_width=DISPLAY_WIDTH)
+
+
+def status_line(items: list[str | None]) -> str:
+    return " · ".join(item for item in items if item)
+

@@ -1,12 +1,17 @@
-"""Sidebar controls that make a VLM available: download its weights, or point at a local snapshot."""
+"""Sidebar controls that make a VLM available: download its weights, or point at a local snapshot.
+
+A snapshot folder chosen here is saved in the local settings file (data/local_settings.json, not
+config.yaml) and applied every time the app starts, until it is changed.
+"""
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import streamlit as st
 
 from models.vlm.weights import download_weights, weights_problem
-from pages.ui.common import get_loader, model_catalog
+from pages.ui.common import get_loader, refresh_models
+from utils import local_settings
 from utils.engine.loader import ModelStatus
 from utils.messages import one_line
 
@@ -27,7 +32,7 @@ def _download(name: str) -> None:
         st.error(f"Download of {spec.hub_id} failed: {one_line(exc)}")
         return
     bar.empty()
-    model_catalog.clear()
+    refresh_models()
     st.rerun()
 
 
@@ -41,12 +46,30 @@ def weights_controls(status: ModelStatus) -> None:
         _download(status.name)
     with st.form(f"local_path_{status.name}", border=False):
         folder = st.text_input("…or a local snapshot folder", spec.local_path or "",
-                               placeholder="/models/Qwen2-VL-2B-Instruct")
+                               placeholder=snapshot_placeholder(spec.hub_id),
+                               help="Kept in data/local_settings.json and used again after a restart")
         if st.form_submit_button("Use this folder") and folder.strip():
-            problem = weights_problem(Path(folder.strip()).expanduser())
-            if problem:
-                st.error(problem)
-            else:
-                get_loader().set_model_path(status.name, str(Path(folder.strip()).expanduser().resolve()))
-                model_catalog.clear()
-                st.rerun()
+            use_folder(status.name, folder)
+
+
+def snapshot_placeholder(hub_id: str) -> str:
+    """Where a snapshot of this model might be: named after the model itself (Qwen3-VL-2B-Instruct)."""
+    return f"/models/{PurePosixPath(hub_id).name}"
+
+
+def use_folder(model: str, folder: str) -> None:
+    path = Path(folder.strip()).expanduser()
+    problem = weights_problem(path)
+    if problem:
+        st.error(problem)
+        return
+    resolved = str(path.resolve())
+    get_loader().set_model_path(model, resolved)
+    try:
+        local_settings.set_model_path(model, resolved)
+    except OSError as exc:  # used now, but not remembered: say so
+        st.warning(f"The folder is used until the app stops, but could not be saved for the next start "
+                   f"({one_line(exc)}).")
+        return
+    refresh_models()
+    st.rerun()

@@ -1,13 +1,14 @@
-"""UI glue for the results store: the store of this server, and one page result shown as the OCR page
-shows it (metrics, warnings, the page with its boxes, text / markdown / JSON), for History and Batch."""
+"""UI glue for the results store: the store of this server, and one stored page result shown as the OCR
+page shows it, for History and Batch."""
 from __future__ import annotations
 
 import streamlit as st
 from PIL import Image
 
 from models.contract import PageResult
-from pages.ui.common import draw_boxes
+from pages.ui.result_view import show_result
 from utils.config import cached_settings
+from utils.messages import one_line
 from utils.store import Store, StoredResult, store_path
 
 
@@ -29,30 +30,21 @@ def stored_page_image(path: str, result_id: int) -> Image.Image | None:
 
 
 def show_page_result(result: PageResult, image: Image.Image | None, key: str, missing_image: str = "") -> None:
-    cols = st.columns(5)
-    cols[0].metric("Device", f"{result.device}" + (f" · {result.dtype}" if result.dtype else ""))
-    cols[1].metric("Profile", result.profile)
-    cols[2].metric("Inference", f"{result.seconds:.2f} s")
-    cols[3].metric("Load", f"{result.load_seconds:.2f} s" if result.load_seconds is not None else "cached")
-    cols[4].metric("Blocks", len(result.blocks))
-    for warning in result.warnings:
-        st.warning(warning)
-    left, right = st.columns([1, 1])
-    with left:
-        if image is not None:
-            page = (result.page or 0) + 1
-            st.image(draw_boxes(image, result.blocks), caption=f"Page {page} with {len(result.blocks)} boxes",
-                     width="stretch")
-        elif missing_image:
-            st.info(missing_image)
-    with right:
-        text_tab, md_tab, json_tab = st.tabs(["Text", "Markdown", "JSON"])
-        with text_tab:
-            st.text_area("Recognised text", result.text, height=520, key=f"{key}_text")
-        with md_tab:
-            st.markdown(result.markdown or result.text)
-        with json_tab:
-            st.json(result.model_dump(mode="json"), expanded=1)
+    show_result(result, image, key, missing_image=missing_image)
+
+
+def show_stored(store: Store, stored: StoredResult, image: Image.Image | None, key: str,
+                missing_image: str = "") -> None:
+    """A stored result, its text editable: an edit is kept as the result's correction."""
+    def correct(text: str) -> None:
+        try:
+            store.correct(stored.id, text)
+        except Exception as exc:  # the result stays as it was; the user reads why in one line
+            st.toast(f"The correction could not be saved: {one_line(exc)}")
+
+    prompt = stored.options.prompt if stored.key.task == "prompt" else None
+    show_result(stored.result, image, key, correction=stored.correction, on_correct=correct, prompt=prompt,
+                missing_image=missing_image)
 
 
 def result_label(stored: StoredResult) -> str:

@@ -114,7 +114,30 @@ def _v1(con: sqlite3.Connection) -> None:
             con.execute(statement)
 
 
-MIGRATIONS = (_v1,)
+# A user's edit of a recognised text, kept beside the result (never changing it): the newest one counts,
+# none means the recognised text stands. A workspace is one browser session's documents, selections and
+# results (ids into `results`), so that a refresh or a server restart can bring it back.
+V2 = [
+    """CREATE TABLE corrections (
+        id INTEGER PRIMARY KEY,
+        result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
+        text TEXT NOT NULL,
+        created_at REAL NOT NULL)""",
+    "CREATE INDEX corrections_result ON corrections(result_id, created_at DESC, id DESC)",
+    """CREATE TABLE workspaces (
+        session TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        updated_at REAL NOT NULL)""",
+    "CREATE INDEX workspaces_updated ON workspaces(updated_at DESC)",
+]
+
+
+def _v2(con: sqlite3.Connection) -> None:
+    for statement in V2:
+        con.execute(statement)
+
+
+MIGRATIONS = (_v1, _v2)
 VERSION = len(MIGRATIONS)
 
 

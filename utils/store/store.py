@@ -34,6 +34,10 @@ ENV_PATH = "OCR_STORE_DB"  # overrides store.path: tests and second instances po
 BUSY_TIMEOUT_MS = 30_000
 SUFFIXES = {"jpeg": ".jpg", "tiff": ".tif"}
 PREVIEW_CHARS = 160
+KEPT_WORKSPACES = 20  # the newest sessions' workspaces; older ones are dropped as new ones are saved
+# The newest correction of a result, as one more column of a results row.
+CORRECTION = ("(SELECT c.text FROM corrections c WHERE c.result_id = r.id "
+              "ORDER BY c.created_at DESC, c.id DESC LIMIT 1) AS correction")
 
 
 def store_path(settings: Settings) -> Path:
@@ -76,6 +80,7 @@ class ResultSummary:
     profile: str
     device: str
     job_id: int | None
+    corrected: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,19 @@ class StoredResult:
     events: list[dict]
     job_id: int | None
     created_at: datetime
+    correction: str | None = None  # the user's edit of result.text (None: the recognised text stands)
+
+    @property
+    def text(self) -> str:
+        """The text as the user wants it: the correction if there is one."""
+        return self.correction if self.correction is not None else self.result.text
+
+
+@dataclass(frozen=True)
+class SavedWorkspace:
+    session: str
+    state: dict
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -214,7 +232,8 @@ class Store:
             rows = con.execute(
                 f"""SELECT r.id, r.digest, r.page, r.model, r.task, r.variant, r.document_name, r.created_at,
                        length(r.text) AS chars, substr(r.text, 1, {PREVIEW_CHARS}) AS preview, r.seconds,
-                       r.profile, r.device, r.job_id
+                       r.profile, r.device, r.job_id,
+                       EXISTS (SELECT 1 FROM corrections c WHERE c.result_id = r.id) AS corrected
                     FROM results r{where} ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?""",
                 [*params, limit, offset]).fetchall()
         return [ResultSummary(
@@ -222,7 +241,8 @@ class Store:
                                         variant=row["variant"]),
             document_name=row["document_name"], created_at=datetime.fromtimestamp(row["created_at"], UTC),
             chars=row["chars"], preview=" ".join((row["preview"] or "").split()), seconds=row["seconds"],
-            profile=row["profile"], device=row["device"], job_id=row["job_id"]) for row in rows]
+            profile=row["profile"], device=row["device"], job_id=row["job_id"], corrected=bool(row["corrected"]))
+            for row in rows]
 
     def count(self, **filters: Any) -> int:
         where, params = self._where(filters.get("document"), filters.get("model"), filters.get("task"),
@@ -247,19 +267,20 @@ class Store:
             result=PageResult.model_validate_json(row["result"]),
             options=RunOptions.model_validate_json(row["options"]),
             events=json.loads(row["events"]), job_id=row["job_id"],
-            created_at=datetime.fromtimestamp(row["created_at"], UTC))
+            created_at=datetime.fromtimestamp(row["created_at"], UTC), correction=row["correction"])
 
     def get(self, result_id: int) -> StoredResult | None:
         with self.connect() as con:
-            row = con.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
+            row = con.execute(f"SELECT r.*, {CORRECTION} FROM results r WHERE id = ?", (result_id,)).fetchone()
         return self._stored(row) if row else None
 
     def latest(self, key: ResultKey) -> StoredResult | None:
         """The newest result with this key (None: this page was never run this way)."""
         with self.connect() as con:
             row = con.execute(
-                """SELECT * FROM results WHERE digest = ? AND page = ? AND model = ? AND task = ? AND variant IS ?
-                   ORDER BY created_at DESC, id DESC LIMIT 1""",
+                f"""SELECT r.*, {CORRECTION} FROM results r
+                    WHERE digest = ? AND page = ? AND model = ? AND task = ? AND variant IS ?
+                    ORDER BY created_at DESC, id DESC LIMIT 1""",
                 (key.digest, key.page, key.model, key.task, key.variant)).fetchone()
         return self._stored(row) if row else None
 
@@ -267,12 +288,46 @@ class Store:
         """The newest result of every page of key's document with key's model, task and variant, by page."""
         with self.connect() as con:
             rows = con.execute(
-                """SELECT * FROM results r WHERE digest = ? AND model = ? AND task = ? AND variant IS ?
+                f"""SELECT r.*, {CORRECTION} FROM results r WHERE digest = ? AND model = ? AND task = ? AND variant IS ?
                    AND id = (SELECT id FROM results o WHERE o.digest = r.digest AND o.page = r.page
                              AND o.model = r.model AND o.task = r.task AND o.variant IS r.variant
                              ORDER BY o.created_at DESC, o.id DESC LIMIT 1)
                    ORDER BY page""", (key.digest, key.model, key.task, key.variant)).fetchall()
         return [self._stored(row) for row in rows]
+
+    def correct(self, result_id: int, text: str | None) -> None:
+        """Keep the user's edit of a result's text; None (or the recognised text itself) drops every edit,
+        so the recognised text stands again. The result itself is never changed."""
+        with self.transaction() as con:
+            row = con.execute("SELECT text FROM results WHERE id = ?", (result_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no stored result {result_id}")
+            if text is None or text == row["text"]:
+                con.execute("DELETE FROM corrections WHERE result_id = ?", (result_id,))
+            else:
+                con.execute("INSERT INTO corrections (result_id, text, created_at) VALUES (?, ?, ?)",
+                            (result_id, text, time.time()))
+
+    # ---- workspaces ---------------------------------------------------------------------------
+
+    def save_workspace(self, session: str, state: dict) -> None:
+        """One browser session's workspace (JSON-able), replacing what that session saved before."""
+        with self.transaction() as con:
+            con.execute("""INSERT INTO workspaces (session, state, updated_at) VALUES (?, ?, ?)
+                           ON CONFLICT(session) DO UPDATE
+                           SET state = excluded.state, updated_at = excluded.updated_at""",
+                        (session, json.dumps(state, ensure_ascii=False), time.time()))
+            con.execute("""DELETE FROM workspaces WHERE session NOT IN
+                           (SELECT session FROM workspaces ORDER BY updated_at DESC LIMIT ?)""", (KEPT_WORKSPACES,))
+
+    def last_workspace(self, exclude: str | None = None) -> SavedWorkspace | None:
+        """The most recently saved workspace of any session but `exclude`."""
+        with self.connect() as con:
+            row = con.execute("SELECT * FROM workspaces WHERE session IS NOT ? ORDER BY updated_at DESC LIMIT 1",
+                              (exclude,)).fetchone()
+        if row is None:
+            return None
+        return SavedWorkspace(row["session"], json.loads(row["state"]), datetime.fromtimestamp(row["updated_at"], UTC))
 
     def delete(self, result_ids: Sequence[int]) -> int:
         """Delete these results; returns how many were there. A job keeps its page as done, without result."""

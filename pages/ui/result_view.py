@@ -1,0 +1,100 @@
+"""One page result as every page shows it: a one-line summary, warnings, the page with its boxes, and
+the text (editable: an edit is kept as a correction), markdown and JSON, with a copy button."""
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable
+
+import streamlit as st
+from PIL import Image
+
+from models.contract import PageResult
+from pages.ui.common import display_page
+from utils.documents.export import page_text
+
+TEXT_LABEL = "Recognised text"
+
+
+def summary_line(result: PageResult, wall_seconds: float | None = None) -> str:
+    """Device, profile, timings and counts in one line: long values never cut off like metric tiles."""
+    parts = [result.device + (f" ({result.dtype})" if result.dtype else ""), f"profile {result.profile}",
+             f"inference {result.seconds:.2f} s"]
+    if wall_seconds is not None and wall_seconds > result.seconds + 0.05:
+        parts.append(f"{wall_seconds:.2f} s with the worker round trip")
+    parts.append(f"load {result.load_seconds:.2f} s" if result.load_seconds is not None else "model already loaded")
+    if result.tokens:
+        rate = result.tokens_per_second
+        parts.append(f"{result.tokens} tokens" + (f" at {rate:.1f} tokens/s" if rate else ""))
+    parts.append(f"{len(result.blocks)} boxes")
+    return " · ".join(parts)
+
+
+def copy_button(key: str, label: str = "Copy text") -> None:
+    """Copies what the text box of `key` holds now (edits included) to the clipboard."""
+    selector = json.dumps(f".st-key-{key} textarea")
+    script = (f"const box = document.querySelector({selector}); if (!box) return;"
+              "const done = () => { this.textContent = '✓ Copied'; setTimeout(() => this.textContent = "
+              f"{json.dumps(label)}, 1500); }};"
+              "if (navigator.clipboard && window.isSecureContext) {"
+              " navigator.clipboard.writeText(box.value).then(done); }"
+              " else { box.select(); document.execCommand('copy'); done(); }")
+    st.html(f'<button class="copy-text" type="button" onclick="{html.escape(script)}" '
+            'style="border:1px solid rgba(49,51,63,.2);border-radius:.5rem;background:transparent;'
+            f'padding:.25rem .75rem;cursor:pointer;font:inherit">{html.escape(label)}</button>',
+            unsafe_allow_javascript=True)
+
+
+def show_result(result: PageResult, image: Image.Image | None, key: str, *, correction: str | None = None,
+                on_correct: Callable[[str], None] | None = None, prompt: str | None = None,
+                wall_seconds: float | None = None, missing_image: str = "") -> None:
+    """`on_correct(text)` is called when the user edits the text (None: the text is read-only)."""
+    st.caption(summary_line(result, wall_seconds))
+    if result.truncated:
+        st.warning("Output truncated: the model hit its token limit or a repetition stop.")
+    for warning in result.warnings:
+        st.warning(warning)
+    left, right = st.columns([1, 1])
+    with left:
+        page = (result.page or 0) + 1
+        if image is not None:
+            st.image(display_page(image, result.blocks), output_format="JPEG", width="stretch",
+                     caption=f"Page {page} with {len(result.blocks)} boxes")
+        elif missing_image:
+            st.info(missing_image)
+    with right:
+        text_tab, md_tab, json_tab = st.tabs(["Text", "Markdown", "JSON"])
+        with text_tab:
+            _text_box(result, key, correction, on_correct)
+        with md_tab:
+            st.markdown(result.markdown or result.text)
+        with json_tab:
+            st.json(page_text(result, "json", correction=correction, prompt=prompt), expanded=1)
+
+
+def _text_box(result: PageResult, key: str, correction: str | None,
+              on_correct: Callable[[str], None] | None) -> None:
+    box = f"{key}_text"
+    shown = correction if correction is not None else result.text
+    if st.session_state.get(f"{box}_shows") != shown:  # a new result, a restored correction or an undo
+        st.session_state[box] = shown
+        st.session_state[f"{box}_shows"] = shown
+
+    def edited() -> None:
+        text = st.session_state[box]
+        st.session_state[f"{box}_shows"] = text
+        if on_correct is not None:
+            on_correct(text)
+
+    st.text_area(TEXT_LABEL, key=box, height=480, on_change=edited, disabled=on_correct is None,
+                 help="Edit the text to correct it: the correction is kept with the result and the downloads "
+                      "give it" if on_correct is not None else None)
+    left, right = st.columns([1, 2], vertical_alignment="center")
+    with left:
+        copy_button(box)
+    if correction is not None:
+        right.caption("✎ Corrected by you: the TXT and MD downloads give this text; the JSON keeps the "
+                      "recognised text and the correction.")
+        if on_correct is not None and right.button("Undo the correction", key=f"{key}_undo"):
+            on_correct(result.text)
+            st.rerun()
