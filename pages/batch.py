@@ -6,7 +6,7 @@ import streamlit as st
 
 from pages.ui.common import TASK_LABELS, UPLOAD_TYPES, get_loader, model_catalog, model_label, require_app_shell
 from pages.ui.jobs import job_threads, start_job
-from pages.ui.stored import get_store, show_page_result, stored_page_image
+from pages.ui.stored import get_store, show_page_result, stored_page_view
 from utils.jobs.engine import available_cores, create_job, prepare
 from utils.jobs.inputs import InputError, Source, expand_upload
 from utils.jobs.outputs import job_zip
@@ -133,7 +133,7 @@ def _job_panel(store: Store, job_id: int) -> None:
                           key=f"batch_open_{job_id}")
     stored = store.get(chosen) if chosen is not None else None
     if stored is not None:
-        show_page_result(stored.result, stored_page_image(str(store.path), stored.id), key=f"batch_{stored.id}")
+        show_page_result(stored.result, stored_page_view(str(store.path), stored.id), key=f"batch_{stored.id}")
 
 
 @st.fragment(run_every=1.0)

@@ -14,7 +14,7 @@ from pages.ui.common import (
     get_loader,
     model_catalog,
     model_label,
-    page_image,
+    page_view,
     require_app_shell,
 )
 from pages.ui.run import Entry, RunJob, follow_later
@@ -125,9 +125,9 @@ def _show_column(workspace: Workspace, document: Document, index: int, model: st
         with md_tab:
             st.markdown(result.markdown or result.text or "(no text)")
         with boxes_tab:
-            image = page_image(document, index)
-            if image is not None:
-                st.image(display_page(image, result.blocks), output_format="JPEG", width="stretch")
+            view = page_view(document, index)
+            if view is not None:
+                st.image(display_page(view, result.blocks), width="stretch")
     st.button("↻ Rerun", key=f"compare_rerun_{model}", on_click=_start, args=(workspace, model), disabled=running,
               help=f"Run {label} again on the selected page(s); the other models keep their results")
 

@@ -6,7 +6,7 @@ import datetime as dt
 import streamlit as st
 
 from pages.ui.common import TASK_LABELS, get_loader, require_app_shell
-from pages.ui.stored import get_store, result_label, show_stored, stored_page_image
+from pages.ui.stored import get_store, result_label, show_stored, stored_page_view
 from pages.ui.workspace import get_workspace
 from utils.documents.export import FORMATS, document_text, document_zip, download_name, page_text
 from utils.messages import one_line
@@ -165,7 +165,7 @@ def main() -> None:
     st.caption(f"Recognised {when}{job}{prompt}")
     for event in stored.events:
         st.warning(f"Recovery while this page ran: {event.get('kind')} → {event.get('action')}")
-    image = stored_page_image(str(store.path), stored.id)
+    image = stored_page_view(str(store.path), stored.id)
     kept = image is not None
     if st.button("Open in the OCR workspace", key="history_to_ocr", icon=":material/open_in_new:", disabled=not kept,
                  help="The document and every page of it read this way, to read on, correct and run again"

@@ -2,10 +2,12 @@
 read text/markdown/JSON, correct the text, download."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import streamlit as st
 
 from models.contract import PageResult, ResultKey, RunOptions
-from pages.ui.common import TASK_LABELS, get_loader, model_status, page_image, require_app_shell
+from pages.ui.common import TASK_LABELS, get_loader, jpeg, model_status, page_view, require_app_shell
 from pages.ui.result_view import show_result
 from pages.ui.run import Entry, RunJob, follow_later
 from pages.ui.session import (
@@ -79,24 +81,27 @@ def _same_run(key: ResultKey, like: ResultKey) -> bool:
 
 
 def _downloads(document: Document, entries: dict[int, Entry], task: str, model: str, prompt: str | None) -> None:
+    """The files are made when a button is clicked (not on every rerun), and a click does not rerun the page."""
     pages = sorted(entries)
     results: list[PageResult] = [entries[i].result for i in pages if entries[i].result is not None]
     corrections = {i: entries[i].correction for i in pages if entries[i].correction is not None}
+
+    def body(fmt: str) -> Callable[[], str]:
+        if len(results) > 1:
+            return lambda: document_text(results, fmt, corrections=corrections, prompt=prompt)
+        return lambda: page_text(results[0], fmt, correction=corrections.get(pages[0]), prompt=prompt)
+
     cols = st.columns(len(FORMATS) + 1)
     for col, fmt in zip(cols, FORMATS):
-        name = download_name(document.name, pages, task, model, fmt, document.page_count)
-        if len(results) > 1:
-            body = document_text(results, fmt, corrections=corrections, prompt=prompt)
-        else:
-            body = page_text(results[0], fmt, correction=corrections.get(pages[0]), prompt=prompt)
-        col.download_button(f"⬇ {fmt.upper()}", body, file_name=name, mime=MIME[fmt], key=f"dl_{fmt}")
+        col.download_button(f"⬇ {fmt.upper()}", body(fmt), mime=MIME[fmt], key=f"dl_{fmt}", on_click="ignore",
+                            file_name=download_name(document.name, pages, task, model, fmt, document.page_count))
     if len(results) > 1:
         cols[-1].download_button(
             "⬇ ZIP (all pages)",
-            document_zip(document.name, results, corrections=corrections, prompt=prompt,
-                         page_count=document.page_count),
+            lambda: document_zip(document.name, results, corrections=corrections, prompt=prompt,
+                                 page_count=document.page_count),
             file_name=download_name(document.name, pages, task, model, "zip", document.page_count),
-            mime="application/zip", key="dl_zip")
+            mime="application/zip", key="dl_zip", on_click="ignore")
 
 
 def main() -> None:
@@ -164,14 +169,14 @@ def main() -> None:
         st.error(f"…and {len(failed) - MAX_ERRORS_SHOWN} more page(s) failed")
     shown = outcomes.get(index)
     if shown is not None and shown.result is not None:
-        show_result(shown.result, page_image(document, index), f"ocr_{shown.uid}", correction=shown.correction,
+        show_result(shown.result, page_view(document, index), f"ocr_{shown.uid}", correction=shown.correction,
                     on_correct=lambda text, entry=shown: workspace.correct(entry, text, store),
                     prompt=prompt, wall_seconds=shown.wall_seconds)
     elif shown is None:  # a failed page's error is listed above; rendering it again would repeat it
-        image = page_image(document, index)
-        if image is not None:
+        view = page_view(document, index)
+        if view is not None:
             state = "being read" if index in pending else f"not run yet with {status.label}"
-            st.image(image, caption=f"Page {index + 1} — {state}", width="stretch")
+            st.image(jpeg(view.image), caption=f"Page {index + 1} — {state}", width="stretch")
     done = {page: entry for page, entry in outcomes.items() if entry.result is not None}
     if done:
         st.subheader("Download")

@@ -35,7 +35,8 @@ def run_models(at: AppTest) -> AppTest:
 
 
 def results(at: AppTest) -> dict:
-    return dict(at.session_state["compare_results"])
+    """Every page result in the workspace, by ResultKey (OCR and Compare share it)."""
+    return dict(at.session_state["workspace"].entries)
 
 
 def test_two_models_side_by_side_with_scores_and_diff(app_test, page_png):

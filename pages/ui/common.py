@@ -152,20 +152,45 @@ def open_document_cached(file_id: str, name: str, data: bytes) -> Document:
     return document
 
 
-def page_image(document: Document, index: int) -> Image.Image | None:
-    """The page on screen, rendered once. Only that page is kept (one per session): a long document
-    is never held in memory as pixels."""
+@dataclasses.dataclass(frozen=True)
+class PageView:
+    """A page as the browser gets it: at most DISPLAY_WIDTH wide; `size` is the page's own size, the
+    one result boxes are measured in."""
+
+    image: Image.Image
+    size: tuple[int, int]
+
+
+def shrink(image: Image.Image) -> PageView:
+    small = image.convert("RGB")
+    if image.width > DISPLAY_WIDTH:
+        height = max(1, round(image.height * DISPLAY_WIDTH / image.width))
+        small = small.resize((DISPLAY_WIDTH, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return PageView(small, image.size)
+
+
+def page_view(document: Document, index: int) -> PageView | None:
+    """The page on screen, rendered and shrunk once. Only that page is kept (one per session): a long
+    document is never held in memory as pixels, nor sent to the browser at scan resolution."""
     key = (document.digest, document.dpi, index)
     shown = st.session_state.get("_shown_page")
     if shown is not None and shown[0] == key:
         return shown[1]
     try:
-        image = document.render(index).image
+        view = shrink(document.render(index).image)
     except DocumentError as exc:
         st.error(str(exc))
         return None
-    st.session_state["_shown_page"] = (key, image)
-    return image
+    st.session_state["_shown_page"] = (key, view)
+    return view
+
+
+def jpeg(image: Image.Image, quality: int = 85) -> bytes:
+    """What st.image is given: a JPEG encoded once here (Streamlit would encode at quality 100, 2-3x
+    the bytes for a page of text)."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -183,28 +208,27 @@ def thumbnail(digest: str, index: int, _document: Document) -> bytes | None:
     return buffer.getvalue()
 
 
-def draw_boxes(image: Image.Image, blocks: list[Block], max_width: int | None = None) -> Image.Image:
+def draw_boxes(image: Image.Image, blocks: list[Block]) -> Image.Image:
     """The page with each block's box outlined in its category's colour, the outline drawn just outside
-    the box so it never covers the first or last letter; `max_width` shrinks the page first (boxes are
-    in the page's own pixels and are scaled with it)."""
-    scale = min(1.0, max_width / image.width) if max_width else 1.0
+    the box so it never covers the first or last letter."""
     canvas = image.convert("RGB")  # a new image: the page itself is never drawn on
-    if scale < 1.0:
-        canvas = canvas.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                               Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(canvas)
     width = max(2, round(max(canvas.size) / 600))
     outside = BOX_GAP + width  # PIL draws an outline inwards from the rectangle it is given
     for block in blocks:
         colour = CATEGORY_COLOURS.get(block.category, (31, 119, 180))
-        x1, y1, x2, y2 = (v * scale for v in block.bbox)
+        x1, y1, x2, y2 = block.bbox
         draw.rectangle((x1 - outside, y1 - outside, x2 + outside, y2 + outside), outline=colour, width=width)
     return canvas
 
 
-def display_page(image: Image.Image, blocks: list[Block]) -> Image.Image:
-    """The page as the browser gets it: at most DISPLAY_WIDTH wide, with its boxes."""
-    return draw_boxes(image, blocks, max_width=DISPLAY_WIDTH)
+def display_page(view: PageView, blocks: list[Block]) -> bytes:
+    """The page as the browser gets it, with its boxes: a JPEG at most DISPLAY_WIDTH wide."""
+    scale = view.image.width / view.size[0]
+    if not blocks:
+        return jpeg(view.image)
+    scaled = [block.model_copy(update={"bbox": tuple(v * scale for v in block.bbox)}) for block in blocks]
+    return jpeg(draw_boxes(view.image, scaled))
 
 
 def status_line(items: list[str | None]) -> str:

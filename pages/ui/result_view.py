@@ -7,11 +7,10 @@ import json
 from collections.abc import Callable
 
 import streamlit as st
-from PIL import Image
 
 from models.contract import PageResult
-from pages.ui.common import display_page
-from utils.documents.export import page_text
+from pages.ui.common import PageView, display_page
+from utils.documents.export import page_json
 
 TEXT_LABEL = "Recognised text"
 
@@ -45,7 +44,7 @@ def copy_button(key: str, label: str = "Copy text") -> None:
             unsafe_allow_javascript=True)
 
 
-def show_result(result: PageResult, image: Image.Image | None, key: str, *, correction: str | None = None,
+def show_result(result: PageResult, view: PageView | None, key: str, *, correction: str | None = None,
                 on_correct: Callable[[str], None] | None = None, prompt: str | None = None,
                 wall_seconds: float | None = None, missing_image: str = "") -> None:
     """`on_correct(text)` is called when the user edits the text (None: the text is read-only)."""
@@ -57,8 +56,8 @@ def show_result(result: PageResult, image: Image.Image | None, key: str, *, corr
     left, right = st.columns([1, 1])
     with left:
         page = (result.page or 0) + 1
-        if image is not None:
-            st.image(display_page(image, result.blocks), output_format="JPEG", width="stretch",
+        if view is not None:
+            st.image(display_page(view, result.blocks), width="stretch",
                      caption=f"Page {page} with {len(result.blocks)} boxes")
         elif missing_image:
             st.info(missing_image)
@@ -69,7 +68,7 @@ def show_result(result: PageResult, image: Image.Image | None, key: str, *, corr
         with md_tab:
             st.markdown(result.markdown or result.text)
         with json_tab:
-            st.json(page_text(result, "json", correction=correction, prompt=prompt), expanded=1)
+            st.json(page_json(result, correction=correction, prompt=prompt), expanded=1)
 
 
 def _text_box(result: PageResult, key: str, correction: str | None,
@@ -86,15 +85,15 @@ def _text_box(result: PageResult, key: str, correction: str | None,
         if on_correct is not None:
             on_correct(text)
 
-    st.text_area(TEXT_LABEL, key=box, height=480, on_change=edited, disabled=on_correct is None,
-                 help="Edit the text to correct it: the correction is kept with the result and the downloads "
-                      "give it" if on_correct is not None else None)
-    left, right = st.columns([1, 2], vertical_alignment="center")
+    st.text_area(TEXT_LABEL, key=box, height=480, on_change=edited, disabled=on_correct is None)
+    left, right = st.columns([1, 3], vertical_alignment="center")
     with left:
         copy_button(box)
     if correction is not None:
         right.caption("✎ Corrected by you: the TXT and MD downloads give this text; the JSON keeps the "
                       "recognised text and the correction.")
-        if on_correct is not None and right.button("Undo the correction", key=f"{key}_undo"):
-            on_correct(result.text)
-            st.rerun()
+        if on_correct is not None:
+            right.button("Undo the correction", key=f"{key}_undo", on_click=on_correct, args=(result.text,))
+    elif on_correct is not None:
+        right.caption("Edit the text to correct it: the correction is kept with the result, and the downloads "
+                      "give it.")

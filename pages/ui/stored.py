@@ -3,9 +3,9 @@ page shows it, for History and Batch."""
 from __future__ import annotations
 
 import streamlit as st
-from PIL import Image
 
 from models.contract import PageResult
+from pages.ui.common import PageView, shrink
 from pages.ui.result_view import show_result
 from utils.config import cached_settings
 from utils.messages import one_line
@@ -23,17 +23,18 @@ def get_store() -> Store:
 
 
 @st.cache_data(max_entries=32, show_spinner="Rendering page…")
-def stored_page_image(path: str, result_id: int) -> Image.Image | None:
+def stored_page_view(path: str, result_id: int) -> PageView | None:
     store = get_store()
     stored = store.get(result_id)
-    return store.page_image(stored) if stored is not None else None
+    image = store.page_image(stored) if stored is not None else None
+    return shrink(image) if image is not None else None
 
 
-def show_page_result(result: PageResult, image: Image.Image | None, key: str, missing_image: str = "") -> None:
-    show_result(result, image, key, missing_image=missing_image)
+def show_page_result(result: PageResult, view: PageView | None, key: str, missing_image: str = "") -> None:
+    show_result(result, view, key, missing_image=missing_image)
 
 
-def show_stored(store: Store, stored: StoredResult, image: Image.Image | None, key: str,
+def show_stored(store: Store, stored: StoredResult, view: PageView | None, key: str,
                 missing_image: str = "") -> None:
     """A stored result, its text editable: an edit is kept as the result's correction."""
     def correct(text: str) -> None:
@@ -43,7 +44,7 @@ def show_stored(store: Store, stored: StoredResult, image: Image.Image | None, k
             st.toast(f"The correction could not be saved: {one_line(exc)}")
 
     prompt = stored.options.prompt if stored.key.task == "prompt" else None
-    show_result(stored.result, image, key, correction=stored.correction, on_correct=correct, prompt=prompt,
+    show_result(stored.result, view, key, correction=stored.correction, on_correct=correct, prompt=prompt,
                 missing_image=missing_image)
 
 

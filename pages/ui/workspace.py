@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,10 +136,15 @@ class Workspace:
         text = json.dumps(state, sort_keys=True, ensure_ascii=False)
         if text == self.saved:
             return
-        try:
-            store.save_workspace(self.session, state)
-        except Exception as exc:  # the work goes on; only the restore after a refresh is lost
-            self.notes.append(f"The workspace could not be saved in the results store ({one_line(exc)}).")
+        notes = self.notes
+
+        def save() -> None:
+            try:
+                store.save_workspace(self.session, state)
+            except Exception as exc:  # the work goes on; only the restore after a refresh is lost
+                notes.append(f"The workspace could not be saved in the results store ({one_line(exc)}).")
+
+        _saver().submit(save)  # off the page's path: a disk busy with fsyncs must not slow the page
         self.saved = text
 
     def restore(self, store: Store, saved: SavedWorkspace) -> list[str]:
@@ -188,6 +194,12 @@ class Workspace:
             self.entries[stored.key] = Entry(stored.key, stored.document_name, stored.options, stored.result,
                                              result_id=stored.id, correction=stored.correction)
         return problems
+
+
+@st.cache_resource(show_spinner=False)
+def _saver() -> ThreadPoolExecutor:
+    """One thread writes every session's snapshots, in the order they were taken."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="workspace-save")
 
 
 def _json_safe(value: Any) -> bool:

@@ -16,7 +16,8 @@ from models.contract import PageResult
 FORMATS = ("txt", "md", "json")
 
 
-def _page_json(result: PageResult, correction: str | None, prompt: str | None) -> dict:
+def page_json(result: PageResult, *, correction: str | None = None, prompt: str | None = None) -> dict:
+    """The recognised result whole, the prompt it was asked with, and the user's correction beside it."""
     data = result.model_dump(mode="json")
     if prompt is not None:
         data["prompt"] = prompt
@@ -31,7 +32,7 @@ def page_text(result: PageResult, fmt: str, *, correction: str | None = None, pr
     if fmt == "md":
         return correction if correction is not None else (result.markdown or result.text)
     if fmt == "json":
-        return json.dumps(_page_json(result, correction, prompt), ensure_ascii=False, indent=2)
+        return json.dumps(page_json(result, correction=correction, prompt=prompt), ensure_ascii=False, indent=2)
     raise ValueError(f"unknown export format '{fmt}'; expected one of {', '.join(FORMATS)}")
 
 
@@ -50,7 +51,8 @@ def document_text(results: Sequence[PageResult], fmt: str, *, corrections: Mappi
         return corrections.get(result.page) if result.page is not None else None
 
     if fmt == "json":
-        return json.dumps([_page_json(r, correction(r), prompt) for r in results], ensure_ascii=False, indent=2)
+        pages = [page_json(r, correction=correction(r), prompt=prompt) for r in results]
+        return json.dumps(pages, ensure_ascii=False, indent=2)
     texts = [page_text(r, fmt, correction=correction(r)) for r in results]
     if fmt == "txt":
         return "\f".join(_line_ended(text) for text in texts)
