@@ -7,7 +7,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from models.contract import PageResult, ResultKey, RunOptions
-from pages.ui.common import TASK_LABELS, get_loader, jpeg, model_status, page_view, require_app_shell
+from pages.ui.common import TASK_LABELS, get_loader, model_status, page_view, require_app_shell
 from pages.ui.result_view import show_result
 from pages.ui.run import Entry, RunJob, follow_later
 from pages.ui.session import (
@@ -80,7 +80,8 @@ def _same_run(key: ResultKey, like: ResultKey) -> bool:
     return (key.digest, key.model, key.task, key.variant) == (like.digest, like.model, like.task, like.variant)
 
 
-def _downloads(document: Document, entries: dict[int, Entry], task: str, model: str, prompt: str | None) -> None:
+def _downloads(document: Document, entries: dict[int, Entry], task: str, model: str, prompt: str | None,
+               suffix: str) -> None:
     """The files are made when a button is clicked (not on every rerun), and a click does not rerun the page."""
     pages = sorted(entries)
     results: list[PageResult] = [entries[i].result for i in pages if entries[i].result is not None]
@@ -93,7 +94,7 @@ def _downloads(document: Document, entries: dict[int, Entry], task: str, model: 
 
     cols = st.columns(len(FORMATS) + 1)
     for col, fmt in zip(cols, FORMATS):
-        col.download_button(f"⬇ {fmt.upper()}", body(fmt), mime=MIME[fmt], key=f"dl_{fmt}", on_click="ignore",
+        col.download_button(f"⬇ {fmt.upper()}", body(fmt), mime=MIME[fmt], key=f"dl_{fmt}{suffix}", on_click="ignore",
                             file_name=download_name(document.name, pages, task, model, fmt, document.page_count))
     if len(results) > 1:
         cols[-1].download_button(
@@ -101,7 +102,7 @@ def _downloads(document: Document, entries: dict[int, Entry], task: str, model: 
             lambda: document_zip(document.name, results, corrections=corrections, prompt=prompt,
                                  page_count=document.page_count),
             file_name=download_name(document.name, pages, task, model, "zip", document.page_count),
-            mime="application/zip", key="dl_zip", on_click="ignore")
+            mime="application/zip", key=f"dl_zip{suffix}", on_click="ignore")
 
 
 def main() -> None:
@@ -140,52 +141,79 @@ def main() -> None:
     prompt = None
     if task == "prompt":
         prompt = st.text_area("Prompt", key=kept("ocr_prompt", DEFAULT_PROMPT, lambda v: isinstance(v, str)))
-    options = RunOptions(prompt=prompt)
 
+    view = _View(workspace, store, status, document, index, spec, task, prompt)
+    controls, panel, body = st.empty(), st.empty(), st.empty()
+
+    def draw(suffix: str) -> None:
+        with controls.container():
+            view.controls(suffix)
+        with body.container():
+            view.body(suffix)
+        workspace.autosave(store)
+
+    draw("")
     job = workspace.running("ocr")
-    reason = _why_not(status, job, document, spec)
-    buttons = st.columns([2, 1, 5], vertical_alignment="center")
-    buttons[0].button(f"Run {status.label}", type="primary", disabled=reason is not None, key="ocr_run",
-                      on_click=_start, args=(workspace,), width="stretch")
     if job is not None:
-        buttons[1].button("Stop", key="ocr_stop", on_click=job.stop.set, disabled=job.stop.is_set(),
-                          icon=":material/stop_circle:", help="Stop after the page being read; finished pages are kept")
-    if reason is not None:
-        buttons[2].caption(reason)
-    panel = st.empty()
-    if job is not None:
-        follow_later(job, panel, job.labels)
+        # When the run ends, its results are drawn in place, in this same script run: no second run of
+        # the whole app before the user sees them. The keys change so no widget is drawn twice.
+        follow_later(job, panel, job.labels, finish=lambda: (workspace.collect(), draw("_f")))
 
-    like = result_key(document, index, model, task, options)
-    outcomes = {key.page: entry for key, entry in workspace.entries.items() if _same_run(key, like)}
-    pending = set(job.plan[0][1]) if job is not None and job.document.digest == document.digest else set()
-    if document.page_count > 1:
-        page_strip(document, index, page_key, {page: "✓" if e.result else "✗" for page, e in outcomes.items()},
-                   pending - set(outcomes))
-    failed = [entry.error for _, entry in sorted(outcomes.items()) if entry.error]
-    for error in failed[:MAX_ERRORS_SHOWN]:
-        st.error(error)
-    if len(failed) > MAX_ERRORS_SHOWN:
-        st.error(f"…and {len(failed) - MAX_ERRORS_SHOWN} more page(s) failed")
-    shown = outcomes.get(index)
-    if shown is not None and shown.result is not None:
-        show_result(shown.result, page_view(document, index), f"ocr_{shown.uid}", correction=shown.correction,
-                    on_correct=lambda text, entry=shown: workspace.correct(entry, text, store),
-                    prompt=prompt, wall_seconds=shown.wall_seconds)
-    elif shown is None:  # a failed page's error is listed above; rendering it again would repeat it
-        view = page_view(document, index)
-        if view is not None:
-            state = "being read" if index in pending else f"not run yet with {status.label}"
-            st.image(jpeg(view.image), caption=f"Page {index + 1} — {state}", width="stretch")
-    done = {page: entry for page, entry in outcomes.items() if entry.result is not None}
-    if done:
-        st.subheader("Download")
-        corrected = sum(entry.correction is not None for entry in done.values())
-        st.caption(f"{len(done)} page(s) of {document.name} recognised with {model}"
-                   + (f"; {corrected} corrected by you" if corrected else "")
-                   + (f"; {len(failed)} page(s) failed and are not in the files" if failed else ""))
-        _downloads(document, done, task, model, prompt)
-    workspace.autosave(store)
 
+class _View:
+    """The parts of the OCR page a run changes: Run/Stop and the page with its results."""
+
+    def __init__(self, workspace: Workspace, store, status, document: Document, index: int, spec: str, task: str,
+                 prompt: str | None):
+        self.workspace, self.store, self.status, self.document = workspace, store, status, document
+        self.index, self.spec, self.task, self.prompt = index, spec, task, prompt
+
+    def controls(self, suffix: str) -> None:
+        job = self.workspace.running("ocr")
+        reason = _why_not(self.status, job, self.document, self.spec)
+        buttons = st.columns([2, 1, 5], vertical_alignment="center")
+        buttons[0].button(f"Run {self.status.label}", type="primary", disabled=reason is not None,
+                          key=f"ocr_run{suffix}", on_click=_start, args=(self.workspace,), width="stretch")
+        if job is not None:
+            buttons[1].button("Stop", key=f"ocr_stop{suffix}", on_click=job.stop.set, disabled=job.stop.is_set(),
+                              icon=":material/stop_circle:",
+                              help="Stop after the page being read; finished pages are kept")
+        if reason is not None:
+            buttons[2].caption(reason)
+
+    def body(self, suffix: str) -> None:
+        workspace, document, index, status = self.workspace, self.document, self.index, self.status
+        model = status.name
+        job = workspace.running("ocr")
+        like = result_key(document, index, model, self.task, RunOptions(prompt=self.prompt))
+        outcomes = {key.page: entry for key, entry in workspace.entries.items() if _same_run(key, like)}
+        pending = set(job.plan[0][1]) if job is not None and job.document.digest == document.digest else set()
+        page_key, _ = _keys(document)
+        if document.page_count > 1:
+            page_strip(document, index, page_key, {page: "✓" if e.result else "✗" for page, e in outcomes.items()},
+                       pending - set(outcomes), suffix)
+        failed = [entry.error for _, entry in sorted(outcomes.items()) if entry.error]
+        for error in failed[:MAX_ERRORS_SHOWN]:
+            st.error(error)
+        if len(failed) > MAX_ERRORS_SHOWN:
+            st.error(f"…and {len(failed) - MAX_ERRORS_SHOWN} more page(s) failed")
+        shown = outcomes.get(index)
+        if shown is not None and shown.result is not None:
+            show_result(shown.result, page_view(document, index), f"ocr_{shown.uid}{suffix}", group="ocr",
+                        correction=shown.correction, prompt=self.prompt, wall_seconds=shown.wall_seconds,
+                        on_correct=lambda text, entry=shown: workspace.correct(entry, text, self.store))
+        elif shown is None:  # a failed page's error is listed above; rendering it again would repeat it
+            view = page_view(document, index)
+            if view is not None:
+                state = "being read" if index in pending else f"not run yet with {status.label}"
+                st.image(view.jpeg, caption=f"Page {index + 1} — {state}", width="stretch")
+        done = {page: entry for page, entry in outcomes.items() if entry.result is not None}
+        if done:
+            st.subheader("Download")
+            corrected = sum(entry.correction is not None for entry in done.values())
+            st.caption(f"{len(done)} page(s) of {document.name} recognised with {model}"
+                       + (f"; {corrected} corrected by you" if corrected else "")
+                       + (f"; {len(failed)} page(s) failed and are not in the files" if failed else ""))
+            _downloads(document, done, self.task, model, self.prompt, suffix)
 
 main()

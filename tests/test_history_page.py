@@ -41,7 +41,13 @@ def open_history(app_test):
 
 
 def opened_json(at) -> dict:
-    return json.loads(at.json[0].value)
+    """The JSON tab's content; the Text tab is open again afterwards (only the open tab is drawn)."""
+    at.session_state["_tab_stored"] = "JSON"
+    at.run()
+    shown = json.loads(at.json[0].value)
+    at.session_state["_tab_stored"] = "Text"
+    at.run()
+    return shown
 
 
 def test_lists_newest_first_and_reopens_with_the_page_after_a_restart(stored, app_test):

@@ -54,6 +54,8 @@ def test_layout_task_draws_boxes(app_test, ru_en_png):
     task.set_value("layout").run()
     button(at, "Run").click().run()
     assert not at.error
+    at.session_state["_tab_ocr"] = "JSON"  # only the open tab is drawn
+    at.run()
     shown = json.loads(at.json[0].value)
     assert shown["task"] == "layout" and shown["blocks"]
     assert {b["category"] for b in shown["blocks"]} <= {"Text", "Section-header"}

@@ -5,6 +5,7 @@ No model logic here: everything goes through utils.engine.loader.Loader.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import threading
@@ -19,7 +20,7 @@ from utils.config import cached_settings
 from utils.documents.reader import ACCEPTED_SUFFIXES, Document, DocumentError, open_document
 from utils.engine.loader import Loader, ModelStatus
 
-DISPLAY_WIDTH = 1200  # px of a page sent to the browser: a half-width column on a 2x screen, never the scan
+DISPLAY_WIDTH = 1000  # px of a page sent to the browser (a half-width column, sharp enough to read), never the scan
 THUMB_HEIGHT = 120  # px of a page thumbnail
 THUMB_DPI = 24  # a PDF page is rendered this small for its thumbnail, not rendered full and shrunk
 BOX_GAP = 2  # px between a box's outline and the pixels it encloses, so no letter is drawn over
@@ -159,6 +160,10 @@ class PageView:
 
     image: Image.Image
     size: tuple[int, int]
+
+    @functools.cached_property
+    def jpeg(self) -> bytes:
+        return jpeg(self.image)
 
 
 def shrink(image: Image.Image) -> PageView:

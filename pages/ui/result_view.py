@@ -1,5 +1,9 @@
 """One page result as every page shows it: a one-line summary, warnings, the page with its boxes, and
-the text (editable: an edit is kept as a correction), markdown and JSON, with a copy button."""
+the text (editable: an edit is kept as a correction), markdown and JSON, with a copy button.
+
+Only the open tab is drawn: a long markdown or a JSON with hundreds of boxes costs the browser time on
+every result otherwise. The tab chosen stays open for the next result of the same page kind.
+"""
 from __future__ import annotations
 
 import html
@@ -13,6 +17,7 @@ from pages.ui.common import PageView, display_page
 from utils.documents.export import page_json
 
 TEXT_LABEL = "Recognised text"
+TABS = ("Text", "Markdown", "JSON")
 
 
 def summary_line(result: PageResult, wall_seconds: float | None = None) -> str:
@@ -44,10 +49,23 @@ def copy_button(key: str, label: str = "Copy text") -> None:
             unsafe_allow_javascript=True)
 
 
-def show_result(result: PageResult, view: PageView | None, key: str, *, correction: str | None = None,
+def _tabs(group: str, key: str):
+    chosen = f"_tab_{group}"
+    if st.session_state.get(chosen) not in TABS:
+        st.session_state[chosen] = TABS[0]
+    st.session_state[key] = st.session_state[chosen]
+
+    def picked() -> None:
+        st.session_state[chosen] = st.session_state[key]
+
+    return st.tabs(TABS, key=key, on_change=picked)
+
+
+def show_result(result: PageResult, view: PageView | None, key: str, *, group: str, correction: str | None = None,
                 on_correct: Callable[[str], None] | None = None, prompt: str | None = None,
                 wall_seconds: float | None = None, missing_image: str = "") -> None:
-    """`on_correct(text)` is called when the user edits the text (None: the text is read-only)."""
+    """`on_correct(text)` is called when the user edits the text (None: the text is read-only); `group`
+    names the page kind whose open tab is remembered ("ocr", "history", ...)."""
     st.caption(summary_line(result, wall_seconds))
     if result.truncated:
         st.warning("Output truncated: the model hit its token limit or a repetition stop.")
@@ -62,13 +80,16 @@ def show_result(result: PageResult, view: PageView | None, key: str, *, correcti
         elif missing_image:
             st.info(missing_image)
     with right:
-        text_tab, md_tab, json_tab = st.tabs(["Text", "Markdown", "JSON"])
-        with text_tab:
-            _text_box(result, key, correction, on_correct)
-        with md_tab:
-            st.markdown(result.markdown or result.text)
-        with json_tab:
-            st.json(page_json(result, correction=correction, prompt=prompt), expanded=1)
+        text_tab, md_tab, json_tab = _tabs(group, f"{key}_tabs")
+        if text_tab.open:
+            with text_tab:
+                _text_box(result, key, correction, on_correct)
+        if md_tab.open:
+            with md_tab:
+                st.markdown(result.markdown or result.text)
+        if json_tab.open:
+            with json_tab:
+                st.json(page_json(result, correction=correction, prompt=prompt), expanded=1)
 
 
 def _text_box(result: PageResult, key: str, correction: str | None,

@@ -267,9 +267,10 @@ def draw_progress(placeholder, progress: Progress, labels: dict[str, str]) -> No
 _FOLLOW = "_run_follow"
 
 
-def follow_later(job: RunJob, placeholder, labels: dict[str, str]) -> None:
-    """Ask app.py to follow `job` in `placeholder` once the page and the sidebar are drawn."""
-    st.session_state[_FOLLOW] = (job, placeholder, labels)
+def follow_later(job: RunJob, placeholder, labels: dict[str, str], finish: Callable[[], object] | None = None) -> None:
+    """Ask app.py to follow `job` in `placeholder` once the page and the sidebar are drawn; when it ends,
+    `finish` draws its results in place (without it, the whole app runs again to show them)."""
+    st.session_state[_FOLLOW] = (job, placeholder, labels, finish)
 
 
 def forget_follow() -> None:
@@ -277,16 +278,18 @@ def forget_follow() -> None:
 
 
 def follow_pending() -> None:
-    """Redraw the progress of the run a page asked to follow until it ends, then rerun the app so the
-    page shows its results. The script stays responsive: every redraw is a point where a click
+    """Redraw the progress of the run a page asked to follow until it ends, then show its results.
+    The script stays responsive: every redraw is a point where a click
     (Stop, another page) takes over, and the run itself goes on in its thread."""
     pending = st.session_state.pop(_FOLLOW, None)
     if pending is None:
         return
-    job, placeholder, labels = pending
+    job, placeholder, labels, finish = pending
     follow(job, lambda progress: draw_progress(placeholder, progress, labels))
     placeholder.empty()
-    st.rerun()
+    if finish is None:
+        st.rerun()
+    finish()
 
 
 def follow(job: RunJob, draw: Callable[[Progress], None]) -> None:

@@ -100,7 +100,7 @@ def document_picker(workspace: Workspace, key: str) -> Document:
 
 
 def page_strip(document: Document, index: int, page_key: str, marks: dict[int, str],
-               pending: Collection[int] = ()) -> None:
+               pending: Collection[int] = (), suffix: str = "") -> None:
     """Thumbnails of the pages around the one shown; ✓ has a result, ✗ failed, … is being run. A click
     shows that page, "Pages to run" stays as it is."""
     count = document.page_count
@@ -117,7 +117,7 @@ def page_strip(document: Document, index: int, page_key: str, marks: dict[int, s
             if image is not None:
                 st.image(image, width="stretch")
             mark = marks.get(page) or ("…" if page in pending else "")
-            st.button(f"{page + 1} {mark}".strip(), key=f"{page_key}_thumb_{page}", on_click=show, args=(page,),
+            st.button(f"{page + 1} {mark}".strip(), key=f"{page_key}_thumb_{page}{suffix}", on_click=show, args=(page,),
                       type="primary" if page == index else "secondary", width="stretch")
     if count > STRIP_PAGES:
         st.caption(f"Pages {pages.start + 1}–{pages.stop} of {count}; ✓ read, ✗ failed, … being read")

@@ -31,7 +31,7 @@ def stored_page_view(path: str, result_id: int) -> PageView | None:
 
 
 def show_page_result(result: PageResult, view: PageView | None, key: str, missing_image: str = "") -> None:
-    show_result(result, view, key, missing_image=missing_image)
+    show_result(result, view, key, group="stored", missing_image=missing_image)
 
 
 def show_stored(store: Store, stored: StoredResult, view: PageView | None, key: str,
@@ -44,7 +44,7 @@ def show_stored(store: Store, stored: StoredResult, view: PageView | None, key: 
             st.toast(f"The correction could not be saved: {one_line(exc)}")
 
     prompt = stored.options.prompt if stored.key.task == "prompt" else None
-    show_result(stored.result, view, key, correction=stored.correction, on_correct=correct, prompt=prompt,
+    show_result(stored.result, view, key, group="stored", correction=stored.correction, on_correct=correct, prompt=prompt,
                 missing_image=missing_image)
 
 
