@@ -1,25 +1,18 @@
 """ChatVLMLLM: interactive document OCR. Navigation and the sidebar; pages hold the rest.
 
-The page is drawn before the sidebar: the sidebar checks every model (a VLM's check imports the
-Hugging Face libraries), which the page shown first does not need to wait for.
+The page is drawn before the sidebar, and the sidebar's modules are imported after the page: on a
+fresh server the first page shows without waiting for the engine's imports or for the check of every
+model (a VLM's check imports the Hugging Face libraries).
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from pages.ui.common import default_model, get_loader, model_catalog, model_label, startup_notes
-from pages.ui.model_setup import weights_controls
-from pages.ui.run import follow_pending, forget_follow
-from utils.config import ConfigError
-from utils.engine import gpu
+from pages.ui.shell import enter_shell, follow_pending
 
-st.set_page_config(page_title="ChatVLMLLM OCR", page_icon="📄", layout="wide")
-
-
-def choose_model() -> None:
-    """The model every page uses, in a plain session key (not a widget's) so it survives page switches."""
-    if "model" not in st.session_state:
-        st.session_state["model"] = default_model()
+# A material icon, not an emoji: Streamlit validates an emoji icon against its emoji table, an import
+# that costs the first page ~0.1 s.
+st.set_page_config(page_title="ChatVLMLLM OCR", page_icon=":material/description:", layout="wide")
 
 
 def _picked() -> None:
@@ -74,13 +67,7 @@ def gpu_monitor() -> None:
             st.caption(" · ".join(e for e in extras if e))
 
 
-forget_follow()  # a run followed by an interrupted script run is picked up again by this one
-try:
-    choose_model()
-except ConfigError as exc:
-    st.error(f"Configuration error: {exc}")
-    st.stop()
-
+enter_shell()
 navigation = st.navigation([
     st.Page("pages/ocr.py", title="OCR", icon=":material/description:", url_path="ocr", default=True),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
@@ -92,6 +79,12 @@ return_to = st.session_state.pop("return_to", None)
 if return_to:
     st.switch_page(return_to)
 navigation.run()
+
+from pages.ui.common import default_model, get_loader, model_catalog, model_label, startup_notes  # noqa: E402
+from pages.ui.model_setup import weights_controls  # noqa: E402
+from utils.config import ConfigError  # noqa: E402
+from utils.engine import gpu  # noqa: E402
+
 try:
     sidebar()
 except ConfigError as exc:

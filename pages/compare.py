@@ -17,8 +17,9 @@ from pages.ui.common import (
     page_view,
     require_app_shell,
 )
-from pages.ui.run import Entry, RunJob, follow_later
-from pages.ui.session import document_picker, restore_offer, show_notes, store_or_none, upload_box
+from pages.ui.run import Entry, RunJob
+from pages.ui.session import document_picker, restore_offer, show_notes, show_rejected, store_or_none
+from pages.ui.shell import draw_uploader, follow_later
 from pages.ui.workspace import Workspace, get_workspace, kept
 from utils.documents.reader import Document, DocumentError
 from utils.engine.runner import result_key
@@ -213,8 +214,9 @@ def main() -> None:
     workspace.collect()
     store = store_or_none(workspace)
     catalog = {status.name: status for status in model_catalog()}
+    workspace.sync_uploads("compare_upload", *draw_uploader("compare_upload", "A scan or PDF"), store)
+    show_rejected(workspace, "compare_upload")
     restore_offer(workspace, store)
-    upload_box(workspace, store, "compare_upload", "A scan or PDF")
     show_notes(workspace)
     models, task, prompt = _choose(catalog)
     if workspace.document is None:

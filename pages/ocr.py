@@ -1,28 +1,38 @@
 """OCR page: the workspace's documents, pick pages, run the chosen model (in the background, with Stop),
-read text/markdown/JSON, correct the text, download."""
+read text/markdown/JSON, correct the text, download.
+
+The title and the uploader are drawn before the engine's modules are imported: on a fresh server the
+page shows at once, and a file can be dropped while the rest loads.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import streamlit as st
 
-from models.contract import PageResult, ResultKey, RunOptions
-from pages.ui.common import TASK_LABELS, get_loader, model_status, page_view, require_app_shell
-from pages.ui.result_view import show_result
-from pages.ui.run import Entry, RunJob, follow_later
-from pages.ui.session import (
+from pages.ui.shell import draw_uploader, follow_later, require_app_shell
+
+require_app_shell("pages/ocr.py")
+st.title("OCR")
+_uploaded = draw_uploader("ocr_upload", "Scans or PDFs")
+
+from models.contract import PageResult, ResultKey, RunOptions  # noqa: E402
+from pages.ui.common import TASK_LABELS, current_model, get_loader, model_status, page_view  # noqa: E402
+from pages.ui.result_view import show_result  # noqa: E402
+from pages.ui.run import Entry, RunJob  # noqa: E402
+from pages.ui.session import (  # noqa: E402
     MIME,
     document_picker,
     page_strip,
     restore_offer,
     show_notes,
+    show_rejected,
     store_or_none,
-    upload_box,
 )
-from pages.ui.workspace import Workspace, flag, get_workspace, kept, set_flag
-from utils.documents.export import FORMATS, document_text, document_zip, download_name, page_text
-from utils.documents.reader import Document, DocumentError
-from utils.engine.runner import result_key
+from pages.ui.workspace import Workspace, flag, get_workspace, kept, set_flag  # noqa: E402
+from utils.documents.export import FORMATS, document_text, document_zip, download_name, page_text  # noqa: E402
+from utils.documents.reader import Document, DocumentError  # noqa: E402
+from utils.engine.runner import result_key  # noqa: E402
 
 MAX_ERRORS_SHOWN = 5
 DEFAULT_PROMPT = "Describe this document."
@@ -45,7 +55,7 @@ def _start(workspace: Workspace) -> None:
     document = workspace.document
     if document is None or workspace.running("ocr") is not None:
         return
-    model = st.session_state["model"]
+    model = current_model()
     status = model_status(model)
     page_key, pages_key = _keys(document)
     spec = st.session_state.get(pages_key, "1") if document.page_count > 1 else "1"
@@ -106,22 +116,18 @@ def _downloads(document: Document, entries: dict[int, Entry], task: str, model: 
 
 
 def main() -> None:
-    require_app_shell("pages/ocr.py")
-    st.title("OCR")
     workspace = get_workspace()
     workspace.collect()
     store = store_or_none(workspace)
-    model = st.session_state["model"]
-    status = model_status(model)
-
+    workspace.sync_uploads("ocr_upload", *_uploaded, store)
+    show_rejected(workspace, "ocr_upload")
     restore_offer(workspace, store)
-    upload_box(workspace, store, "ocr_upload", "Scans or PDFs")
     show_notes(workspace)
-    document = workspace.document
-    if document is None:
+    if workspace.document is None:
         st.caption("Upload one or more documents to start.")
         return
     document = document_picker(workspace, "ocr_document")
+    status = model_status(current_model())
 
     page_key, pages_key = _keys(document)
     top = st.columns([1, 1, 2])

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from models.contract import PageResult, RunOptions
-from pages.ui.run import RunJob, follow, progress_line
+from pages.ui.run import RunJob
+from pages.ui.shell import follow, progress_line
 from tests.test_documents import make_pdf
 from utils.config import cached_settings
 from utils.documents.reader import open_document

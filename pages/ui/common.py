@@ -15,6 +15,7 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from models.contract import Block
+from pages.ui.shell import require_app_shell as require_app_shell  # the pages import it from here
 from utils import local_settings
 from utils.config import cached_settings
 from utils.documents.reader import ACCEPTED_SUFFIXES, Document, DocumentError, open_document
@@ -39,17 +40,6 @@ CATEGORY_COLOURS = {
 }
 
 
-def require_app_shell(page_path: str) -> None:
-    """Send a page opened by its own URL through app.py first.
-
-    On a fresh server Streamlit runs a URL such as /system in its legacy pages/ mode, without
-    app.py (no sidebar, no model choice); app.py then switches back to the page asked for.
-    """
-    if "model" not in st.session_state:
-        st.session_state["return_to"] = page_path
-        st.switch_page("app.py")
-
-
 def _loader_is_healthy(loader: Loader) -> bool:
     healthy = getattr(loader, "healthy", None)
     return healthy() if callable(healthy) else True
@@ -58,12 +48,14 @@ def _loader_is_healthy(loader: Loader) -> bool:
 def apply_local_settings(loader: Loader) -> list[str]:
     """The snapshot folders saved from the UI (data/local_settings.json), applied to a new loader.
     Returns one line for each that cannot be applied (the folder is gone, the model was removed)."""
-    from models.vlm.weights import weights_problem
-
     try:
         saved = local_settings.load()
     except local_settings.LocalSettingsError as exc:
         return [str(exc)]
+    if not saved.model_paths:
+        return []
+    from models.vlm.weights import weights_problem  # the VLM package, only when a folder is saved
+
     problems = []
     for model, folder in saved.model_paths.items():
         if model not in loader.settings.models:
@@ -123,6 +115,14 @@ def model_status(name: str) -> ModelStatus:
 def default_model() -> str:
     loader = get_loader()
     return loader.default_model() or next(iter(loader.settings.models))
+
+
+def current_model() -> str:
+    """The model every page uses, in a plain session key (not a widget's) so it survives page switches;
+    the sidebar changes it."""
+    if "model" not in st.session_state:
+        st.session_state["model"] = default_model()
+    return st.session_state["model"]
 
 
 def refresh_models() -> None:

@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import streamlit as st
-
 from models.contract import PageResult, ResultKey, RunOptions
 from utils.documents.reader import Document
 from utils.engine.loader import Loader, ModelUnavailable
@@ -26,8 +24,6 @@ from utils.messages import one_line
 from utils.store import Store
 
 TOKEN_TAIL = 2000  # characters of streamed text kept for the progress panel
-REDRAW_S = 0.1  # the panel redraws at most ten times a second...
-TICK_S = 0.5  # ...and at least twice a second, so the elapsed time moves and a click is seen at once
 
 
 @dataclass
@@ -229,77 +225,3 @@ class RunJob:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.1f} s" if value < 60 else f"{int(value) // 60} min {int(value) % 60:02d} s"
-
-
-def progress_line(progress: Progress, labels: dict[str, str]) -> str:
-    """One line: the phase with its elapsed time, then the whole run's."""
-    model = labels.get(progress.model or "", progress.model or "")
-    if progress.phase == "starting":
-        line = "Waiting for the worker…"
-    elif progress.phase == "loading":
-        line = f"Loading {model}… {_seconds(progress.phase_elapsed)}"
-    else:
-        page = f"page {progress.page + 1}" if progress.page is not None else "page"
-        line = f"{model} · {page} ({progress.position} of {progress.total}) · {_seconds(progress.phase_elapsed)}"
-        if progress.tokens:
-            line += f" · {progress.tokens} tokens"
-            rate = progress.tokens_per_second
-            if rate is not None:
-                line += f" · {rate:.1f} tokens/s"
-    if progress.stopping:
-        line = "Stopping after this page… " + line
-    return f"{line} — {_seconds(progress.elapsed)} in all"
-
-
-def draw_progress(placeholder, progress: Progress, labels: dict[str, str]) -> None:
-    with placeholder.container():
-        st.progress(progress.done / progress.total if progress.total else 0.0, text=progress_line(progress, labels))
-        if progress.tail:
-            st.code(progress.tail, language=None, wrap_lines=True, height=220)
-        for note in progress.notes:
-            st.warning(note)
-
-
-_FOLLOW = "_run_follow"
-
-
-def follow_later(job: RunJob, placeholder, labels: dict[str, str], finish: Callable[[], object] | None = None) -> None:
-    """Ask app.py to follow `job` in `placeholder` once the page and the sidebar are drawn; when it ends,
-    `finish` draws its results in place (without it, the whole app runs again to show them)."""
-    st.session_state[_FOLLOW] = (job, placeholder, labels, finish)
-
-
-def forget_follow() -> None:
-    st.session_state.pop(_FOLLOW, None)
-
-
-def follow_pending() -> None:
-    """Redraw the progress of the run a page asked to follow until it ends, then show its results.
-    The script stays responsive: every redraw is a point where a click
-    (Stop, another page) takes over, and the run itself goes on in its thread."""
-    pending = st.session_state.pop(_FOLLOW, None)
-    if pending is None:
-        return
-    job, placeholder, labels, finish = pending
-    follow(job, lambda progress: draw_progress(placeholder, progress, labels))
-    placeholder.empty()
-    if finish is None:
-        st.rerun()
-    finish()
-
-
-def follow(job: RunJob, draw: Callable[[Progress], None]) -> None:
-    """Draw the job's progress on every change, at most every REDRAW_S and at least every TICK_S,
-    until it has finished."""
-    drawn_at = float("-inf")
-    while not job.finished:
-        now = time.monotonic()
-        if now - drawn_at < REDRAW_S:
-            time.sleep(REDRAW_S - (now - drawn_at))
-        draw(job.progress())
-        drawn_at = time.monotonic()
-        job.wait(TICK_S)

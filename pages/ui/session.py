@@ -6,7 +6,7 @@ from collections.abc import Collection
 
 import streamlit as st
 
-from pages.ui.common import UPLOAD_TYPES, thumbnail
+from pages.ui.common import thumbnail
 from pages.ui.stored import get_store
 from pages.ui.workspace import Workspace
 from utils.documents.reader import Document
@@ -66,13 +66,8 @@ def restore_offer(workspace: Workspace, store: Store | None) -> None:
                  args=(workspace, store), width="stretch")
 
 
-def upload_box(workspace: Workspace, store: Store | None, key: str, label: str) -> None:
-    """An uploader that adds to the workspace; one error per file that cannot be read, gone with the file."""
-    fresh = key not in st.session_state  # drawn again after another page: empty, but nothing was removed
-    files = st.file_uploader(label, type=UPLOAD_TYPES, accept_multiple_files=True, key=key,
-                             help="PNG, JPEG, TIFF, WebP, BMP, GIF or PDF; every document stays in the workspace "
-                                  "until you close it")
-    workspace.sync_uploads(key, files or [], fresh, store)
+def show_rejected(workspace: Workspace, key: str) -> None:
+    """One error per file of this uploader that cannot be read; it goes when the file is removed."""
     for message in workspace.rejected(key):
         st.error(message)
 

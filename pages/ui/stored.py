@@ -44,8 +44,8 @@ def show_stored(store: Store, stored: StoredResult, view: PageView | None, key: 
             st.toast(f"The correction could not be saved: {one_line(exc)}")
 
     prompt = stored.options.prompt if stored.key.task == "prompt" else None
-    show_result(stored.result, view, key, group="stored", correction=stored.correction, on_correct=correct, prompt=prompt,
-                missing_image=missing_image)
+    show_result(stored.result, view, key, group="stored", correction=stored.correction, on_correct=correct,
+                prompt=prompt, missing_image=missing_image)
 
 
 def result_label(stored: StoredResult) -> str:
