@@ -6,11 +6,12 @@
                screen, on a warm worker (a first run starts it), minus the inference time the page
                itself reports: what the UI adds.
 
-    python benchmarks/bench_ui.py [--runs 5] [--results 3] [--image PATH] [--root DIR]
+    python benchmarks/bench_ui.py [--runs 5] [--results 3] [--image PATH] [--root DIR [--root DIR2]]
 
 Each run starts its own server on a free local port with an empty results store; the medians and the
 ranges over the runs are printed. `--root` measures another checkout of the app (e.g. an older commit)
-with the same browser steps.
+with the same browser steps; given twice, the two are measured in turn, run after run, so that a
+machine whose load changes meanwhile weighs on both alike.
 """
 from __future__ import annotations
 
@@ -117,52 +118,69 @@ def summary(values: list[float]) -> str:
     return f"median {statistics.median(values):.2f} s (range {min(values):.2f}-{max(values):.2f}, n={len(values)})"
 
 
+def measure(browser, root: Path, store: Path, image: tuple[str, bytes], results: int) -> tuple[float, float,
+                                                                                             list[float], list[float]]:
+    """One fresh server: (healthy after, first paint after, [seconds to each result], [UI overhead of each])."""
+    name, data = image
+    process, url, started = start_server(root, store)
+    try:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        tab = context.new_page()
+        tab.set_default_timeout(120_000)
+        wait_healthy(url)
+        healthy = time.perf_counter() - started
+        tab.goto(url)
+        tab.locator("[data-testid=stFileUploaderDropzone]").first.wait_for(state="visible")
+        paint = time.perf_counter() - started
+        context.close()
+        one_result(browser, url, name, data)  # starts the worker and loads Tesseract
+        totals, overheads = [], []
+        for _ in range(results):
+            shown, inference = one_result(browser, url, name, data)
+            totals.append(shown)
+            overheads.append(shown - inference)
+        return healthy, paint, totals, overheads
+    finally:
+        stop(process)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="fresh servers (first paint is measured on each)")
     parser.add_argument("--results", type=int, default=3, help="Tesseract results timed per server, worker warm")
     parser.add_argument("--image", type=Path, default=SHARED_PAGE, help="the full page to recognise")
-    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout of the app to measure")
+    parser.add_argument("--root", type=Path, action="append", help="a checkout of the app to measure (default: "
+                        "this one); twice to measure two in turn")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    name, data = page_png(args.image)
-    paints: list[float] = []
-    healthy: list[float] = []
-    totals: list[float] = []
-    overheads: list[float] = []
+    roots = [root.resolve() for root in (args.root or [ROOT])]
+    image = page_png(args.image)
+    figures: dict[Path, dict[str, list[float]]] = {root: {"healthy": [], "paint": [], "total": [], "overhead": []}
+                                                   for root in roots}
     with sync_playwright() as p, tempfile.TemporaryDirectory() as scratch:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         for run in range(args.runs):
-            process, url, started = start_server(args.root.resolve(), Path(scratch) / f"run{run}.db")
-            try:
-                context = browser.new_context(viewport={"width": 1400, "height": 1000})
-                tab = context.new_page()
-                tab.set_default_timeout(120_000)
-                wait_healthy(url)
-                healthy.append(time.perf_counter() - started)
-                tab.goto(url)
-                tab.locator("[data-testid=stFileUploaderDropzone]").first.wait_for(state="visible")
-                paints.append(time.perf_counter() - started)
-                context.close()
-                one_result(browser, url, name, data)  # starts the worker and loads Tesseract
-                for _ in range(args.results):
-                    shown, inference = one_result(browser, url, name, data)
-                    totals.append(shown)
-                    overheads.append(shown - inference)
-            finally:
-                stop(process)
-            print(f"run {run + 1}: server healthy {healthy[-1]:.2f} s, first paint {paints[-1]:.2f} s; results {', '.join(f'{t:.2f}' for t in totals[-args.results:])} s "
-                  f"after the click; UI overhead {', '.join(f'{o:.2f}' for o in overheads[-args.results:])} s",
-                  flush=True)
+            for number, root in enumerate(roots if run % 2 == 0 else roots[::-1]):
+                healthy, paint, totals, overheads = measure(browser, root, Path(scratch) / f"run{run}_{number}.db",
+                                                            image, args.results)
+                got = figures[root]
+                got["healthy"].append(healthy)
+                got["paint"].append(paint)
+                got["total"] += totals
+                got["overhead"] += overheads
+                print(f"run {run + 1} {root}: healthy {healthy:.2f} s, first paint {paint:.2f} s; results "
+                      f"{', '.join(f'{t:.2f}' for t in totals)} s after the click; UI overhead "
+                      f"{', '.join(f'{o:.2f}' for o in overheads)} s", flush=True)
         browser.close()
     load = os.getloadavg()
-    print(f"\n{args.root.resolve()} · page {name} · {os.cpu_count()} cores · load average {load[0]:.1f} "
-          f"{load[1]:.1f} {load[2]:.1f}")
-    print(f"server healthy after `streamlit run`:               {summary(healthy)}")
-    print(f"first paint of the OCR page after `streamlit run`: {summary(paints)}")
-    print(f"full-page Tesseract result on screen after Run:    {summary(totals)}")
-    print(f"UI overhead beyond the reported inference:          {summary(overheads)}")
+    print(f"\npage {image[0]} · {os.cpu_count()} cores · load average now {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    for root, got in figures.items():
+        print(f"\n{root}")
+        print(f"  server healthy after `streamlit run`:               {summary(got['healthy'])}")
+        print(f"  first paint of the OCR page after `streamlit run`: {summary(got['paint'])}")
+        print(f"  full-page Tesseract result on screen after Run:    {summary(got['total'])}")
+        print(f"  UI overhead beyond the reported inference:          {summary(got['overhead'])}")
 
 
 if __name__ == "__main__":

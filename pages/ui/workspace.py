@@ -69,9 +69,6 @@ class Workspace:
         was just drawn again after another page, empty, which removes no document."""
         seen = {} if fresh else self.uploads.get(key, {})
         current = {f.file_id: f for f in files}
-        for file_id, (digest, _) in list(seen.items()):
-            if file_id not in current and digest:
-                self.remove(digest)
         now: dict[str, tuple[str | None, str]] = {}
         for file_id, upload in current.items():
             if file_id in seen:
@@ -85,11 +82,16 @@ class Workspace:
             self.add(document)
             now[file_id] = (document.digest, document.name)
             _keep_source(store, document, self.notes)
+        staying = {digest for digest, _ in now.values() if digest}
+        for file_id, (digest, _) in list(seen.items()):  # remove() forgets the file ids of a digest
+            if file_id not in current and digest and digest not in staying:
+                self.remove(digest)
         self.uploads[key] = now
 
     def rejected(self, key: str) -> list[str]:
-        """One error per file in this uploader that cannot be read."""
-        return [message for digest, message in self.uploads.get(key, {}).values() if digest is None]
+        """One error per file in this uploader that cannot be read (the same file dropped twice: one)."""
+        return list(dict.fromkeys(message for digest, message in self.uploads.get(key, {}).values()
+                                  if digest is None))
 
     # ---- results ------------------------------------------------------------------------------
 
