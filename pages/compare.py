@@ -248,7 +248,7 @@ def main() -> None:
     buttons[0].button(f"Run {len(models)} models", type="primary", disabled=why is not None, key="compare_run",
                       on_click=_start, args=(workspace,), width="stretch")
     if job is not None:
-        buttons[1].button("Stop", key="compare_stop", on_click=job.stop.set, disabled=job.stop.is_set(),
+        buttons[1].button("Stop run", key="compare_stop", on_click=job.stop.set, disabled=job.stop.is_set(),
                           icon=":material/stop_circle:", help="Stop after the page being read; finished pages are kept")
     if why is not None:
         buttons[2].caption(why)

@@ -149,21 +149,28 @@ def main() -> None:
         prompt = st.text_area("Prompt", key=kept("ocr_prompt", DEFAULT_PROMPT, lambda v: isinstance(v, str)))
 
     view = _View(workspace, store, status, document, index, spec, task, prompt)
-    controls, panel, body = st.empty(), st.empty(), st.empty()
+    # Each part has a second slot, empty until a run's end is drawn in place: the browser keeps every
+    # element a script run sent and did not replace, so the end is drawn afresh in the second slot and
+    # the first is emptied, rather than drawn over the first (where a shorter drawing would leave some
+    # of the first behind, such as the Stop button).
+    controls, controls_end, panel, body, body_end = (st.empty() for _ in range(5))
 
-    def draw(suffix: str) -> None:
-        with controls.container():
-            view.controls(suffix)
-        with body.container():
-            view.body(suffix)
+    def draw(first: bool) -> None:
+        if not first:
+            controls.empty()
+            body.empty()
+        with (controls if first else controls_end).container():
+            view.controls("" if first else "_f")
+        with (body if first else body_end).container():
+            view.body("" if first else "_f")
         workspace.autosave(store)
 
-    draw("")
-    job = workspace.running("ocr")
+    job = workspace.running("ocr")  # taken before drawing: a run that ends meanwhile is still followed
+    draw(first=True)
     if job is not None:
-        # When the run ends, its results are drawn in place, in this same script run: no second run of
-        # the whole app before the user sees them. The keys change so no widget is drawn twice.
-        follow_later(job, panel, job.labels, finish=lambda: (workspace.collect(), draw("_f")))
+        # When the run ends, its results are drawn in place, in this same script run: no second run of the
+        # whole app before the user sees them (the keys change so no widget is drawn twice).
+        follow_later(job, panel, job.labels, finish=lambda: (workspace.collect(), draw(first=False)))
 
 
 class _View:
@@ -181,7 +188,7 @@ class _View:
         buttons[0].button(f"Run {self.status.label}", type="primary", disabled=reason is not None,
                           key=f"ocr_run{suffix}", on_click=_start, args=(self.workspace,), width="stretch")
         if job is not None:
-            buttons[1].button("Stop", key=f"ocr_stop{suffix}", on_click=job.stop.set, disabled=job.stop.is_set(),
+            buttons[1].button("Stop run", key=f"ocr_stop{suffix}", on_click=job.stop.set, disabled=job.stop.is_set(),
                               icon=":material/stop_circle:",
                               help="Stop after the page being read; finished pages are kept")
         if reason is not None:

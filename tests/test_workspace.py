@@ -98,6 +98,9 @@ def test_a_new_session_restores_the_last_one_with_one_click(app_test, page_png, 
     at = app_test()
     upload(at, "invoice.png", page_png)
     run(at)
+    at.switch_page("pages/compare.py").run()
+    at.text_area(key="compare_reference").set_value("Invoice 4521").run()
+    at.switch_page("pages/ocr.py").run()
     upload(at, "report.pdf", pdf)
     at.text_input(key=next(t.key for t in at.text_input if t.label == "Pages to run")).set_value("2-3").run()
     run(at)
@@ -124,6 +127,8 @@ def test_a_new_session_restores_the_last_one_with_one_click(app_test, page_png, 
     picker.select_index(0).run()
     assert "Invoice 4521" in text_box(again).value
     assert not any(b.label == "Restore last session" for b in again.button)
+    again.switch_page("pages/compare.py").run()
+    assert again.text_area(key="compare_reference").value == "Invoice 4521"
 
 
 def test_every_result_is_in_the_store_when_it_is_shown(app_test, page_png):

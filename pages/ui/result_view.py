@@ -36,17 +36,33 @@ def summary_line(result: PageResult, wall_seconds: float | None = None) -> str:
 
 def copy_button(key: str, label: str = "Copy text") -> None:
     """Copies what the text box of `key` holds now (edits included) to the clipboard."""
-    selector = json.dumps(f".st-key-{key} textarea")
-    script = (f"const box = document.querySelector({selector}); if (!box) return;"
-              "const done = () => { this.textContent = '✓ Copied'; setTimeout(() => this.textContent = "
-              f"{json.dumps(label)}, 1500); }};"
-              "if (navigator.clipboard && window.isSecureContext) {"
-              " navigator.clipboard.writeText(box.value).then(done); }"
-              " else { box.select(); document.execCommand('copy'); done(); }")
-    st.html(f'<button class="copy-text" type="button" onclick="{html.escape(script)}" '
+    button_id = f"copy-{key}"
+    script = f"""
+(() => {{
+  const button = document.getElementById({json.dumps(button_id)});
+  if (!button || button.dataset.ready) return;
+  button.dataset.ready = "1";
+  button.addEventListener("click", () => {{
+    const box = document.querySelector({json.dumps(f".st-key-{key} textarea")});
+    if (!box) return;
+    const done = () => {{
+      button.textContent = "✓ Copied";
+      setTimeout(() => {{ button.textContent = {json.dumps(label)}; }}, 1500);
+    }};
+    if (navigator.clipboard && window.isSecureContext) {{
+      navigator.clipboard.writeText(box.value).then(done);
+    }} else {{  // plain http on another host: the older way
+      box.select();
+      document.execCommand("copy");
+      done();
+    }}
+  }});
+}})();
+"""
+    st.html(f'<button id="{html.escape(button_id)}" class="copy-text" type="button" '
             'style="border:1px solid rgba(49,51,63,.2);border-radius:.5rem;background:transparent;'
-            f'padding:.25rem .75rem;cursor:pointer;font:inherit">{html.escape(label)}</button>',
-            unsafe_allow_javascript=True)
+            f'padding:.25rem .75rem;cursor:pointer;font:inherit">{html.escape(label)}</button>'
+            f"<script>{script}</script>", unsafe_allow_javascript=True)
 
 
 def _tabs(group: str, key: str):

@@ -75,20 +75,23 @@ def show_rejected(workspace: Workspace, key: str) -> None:
 def document_picker(workspace: Workspace, key: str) -> Document:
     """Which of the workspace's documents is open (the newest added unless the user picks another)."""
     documents = workspace.documents
+    document = workspace.document
+    assert document is not None  # the caller checked the workspace has one
+
+    def label(digest: str) -> str:
+        count = documents[digest].page_count
+        return f"{documents[digest].name} ({count} page{'s' if count > 1 else ''})"
+
+    left, right = st.columns([4, 1], vertical_alignment="bottom")
     if len(documents) > 1:
         st.session_state[key] = workspace.selected
 
         def picked() -> None:
             workspace.selected = st.session_state[key]
 
-        left, right = st.columns([4, 1], vertical_alignment="bottom")
-        left.selectbox("Document", list(documents), key=key, on_change=picked,
-                       format_func=lambda digest: f"{documents[digest].name} ({documents[digest].page_count} "
-                                                  f"page{'s' if documents[digest].page_count > 1 else ''})")
-    else:
-        right = st.container()
-    document = workspace.document
-    assert document is not None  # the caller checked the workspace has one
+        left.selectbox("Document", list(documents), key=key, on_change=picked, format_func=label)
+    else:  # the uploader is empty after a visit to another page: say which document is open
+        left.markdown(f"**Document:** {label(document.digest)}")
     right.button("Close document", key=f"{key}_close", on_click=workspace.remove, args=(document.digest,),
                  icon=":material/close:", help="Its results stay in History")
     return document

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pages.ui.run import Progress, RunJob
 
 SHELL = "_app_shell"  # set by app.py on every run
+KEPT = "_kept_widgets"  # widget key -> its last value, for the widgets the pages keep (pages/ui/workspace.py)
 # What the uploaders accept: utils.documents.reader.ACCEPTED_SUFFIXES, written out here so that a page
 # draws its uploader before the reader (and the engine) are imported; a test keeps the two the same.
 UPLOAD_TYPES = ("bmp", "gif", "jpeg", "jpg", "pdf", "png", "tif", "tiff", "webp")
@@ -24,9 +25,16 @@ _FOLLOW = "_run_follow"
 
 def enter_shell() -> None:
     """app.py, first thing: this run goes through app.py; a follow left by an interrupted run is dropped
-    (the page asks again if its run still goes on)."""
+    (the page asks again if its run still goes on); the kept widgets' values are taken now, while they
+    are still there: a value typed and left at once for another page arrives with the run that leaves,
+    and Streamlit drops it at the end of that run."""
     st.session_state[SHELL] = True
     st.session_state.pop(_FOLLOW, None)
+    kept = st.session_state.get(KEPT)
+    if kept:
+        for key in list(kept):
+            if key in st.session_state:
+                kept[key] = st.session_state[key]
 
 
 def draw_uploader(key: str, label: str) -> tuple[list, bool]:

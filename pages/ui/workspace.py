@@ -21,12 +21,12 @@ import streamlit as st
 from models.contract import ResultKey
 from pages.ui.common import open_document_cached
 from pages.ui.run import Entry, RunJob
+from pages.ui.shell import KEPT
 from utils.documents.reader import Document, DocumentError
 from utils.messages import one_line
 from utils.store import SavedWorkspace, Store
 
 _KEY = "workspace"
-_KEPT = "_kept_widgets"  # widget key -> its last value, for widgets a page drew before
 
 
 @dataclass
@@ -127,7 +127,7 @@ class Workspace:
             "selected": self.selected,
             "results": [e.result_id for e in self.entries.values() if e.result_id is not None
                         and e.key.digest in self.documents],
-            "widgets": {k: v for k, v in st.session_state.get(_KEPT, {}).items() if _json_safe(v)},
+            "widgets": {k: v for k, v in st.session_state.get(KEPT, {}).items() if _json_safe(v)},
         }
 
     def autosave(self, store: Store | None) -> None:
@@ -172,7 +172,7 @@ class Workspace:
                 continue
             self.entries[stored.key] = Entry(stored.key, stored.document_name, stored.options, stored.result,
                                              result_id=stored.id, correction=stored.correction)
-        kept = st.session_state.setdefault(_KEPT, {})
+        kept = st.session_state.setdefault(KEPT, {})
         for key, value in saved.state.get("widgets", {}).items():
             kept[key] = value
             st.session_state.pop(key, None)  # re-seeded from the kept value when its page draws it
@@ -234,7 +234,7 @@ def kept(key: str, default: Any, valid: Callable[[Any], bool] | None = None) -> 
     """Seed widget `key` before it is drawn: its value from the last time a page drew it (Streamlit
     drops it on other pages), else `default`; a kept value that is no longer valid gives way to the
     default. Returns the key, for `key=`. The widget must be drawn without its own default value."""
-    values = st.session_state.setdefault(_KEPT, {})
+    values = st.session_state.setdefault(KEPT, {})
     if key in st.session_state:
         value = st.session_state[key]
     else:
@@ -249,8 +249,8 @@ def kept(key: str, default: Any, valid: Callable[[Any], bool] | None = None) -> 
 
 def flag(name: str) -> bool:
     """A kept yes/no about the widgets (e.g. "the user typed into this box"), restored with them."""
-    return bool(st.session_state.get(_KEPT, {}).get(name))
+    return bool(st.session_state.get(KEPT, {}).get(name))
 
 
 def set_flag(name: str) -> None:
-    st.session_state.setdefault(_KEPT, {})[name] = True
+    st.session_state.setdefault(KEPT, {})[name] = True
