@@ -94,8 +94,8 @@ def _downloads(document: Document, entries: dict[int, Entry], task: str, model: 
                suffix: str) -> None:
     """The files are made when a button is clicked (not on every rerun), and a click does not rerun the page."""
     pages = sorted(entries)
-    results: list[PageResult] = [entries[i].result for i in pages if entries[i].result is not None]
-    corrections = {i: entries[i].correction for i in pages if entries[i].correction is not None}
+    results: list[PageResult] = [result for i in pages if (result := entries[i].result) is not None]
+    corrections = {i: fix for i in pages if (fix := entries[i].correction) is not None}
 
     def body(fmt: str) -> Callable[[], str]:
         if len(results) > 1:
@@ -170,7 +170,11 @@ def main() -> None:
     if job is not None:
         # When the run ends, its results are drawn in place, in this same script run: no second run of the
         # whole app before the user sees them (the keys change so no widget is drawn twice).
-        follow_later(job, panel, job.labels, finish=lambda: (workspace.collect(), draw(first=False)))
+        def finish() -> None:
+            workspace.collect()
+            draw(first=False)
+
+        follow_later(job, panel, job.labels, finish=finish)
 
 
 class _View:
@@ -212,9 +216,12 @@ class _View:
             st.error(f"…and {len(failed) - MAX_ERRORS_SHOWN} more page(s) failed")
         shown = outcomes.get(index)
         if shown is not None and shown.result is not None:
+            def correct(text: str, entry: Entry = shown) -> None:
+                workspace.correct(entry, text, self.store)
+
             show_result(shown.result, page_view(document, index), f"ocr_{shown.uid}{suffix}", group="ocr",
                         correction=shown.correction, prompt=self.prompt, wall_seconds=shown.wall_seconds,
-                        on_correct=lambda text, entry=shown: workspace.correct(entry, text, self.store))
+                        on_correct=correct)
         elif shown is None:  # a failed page's error is listed above; rendering it again would repeat it
             view = page_view(document, index)
             if view is not None:

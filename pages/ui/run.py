@@ -26,6 +26,20 @@ from utils.store import Store
 TOKEN_TAIL = 2000  # characters of streamed text kept for the progress panel
 
 
+class _Counter:
+    def __init__(self) -> None:
+        self._value = 0
+        self._lock = threading.Lock()
+
+    def __next__(self) -> int:
+        with self._lock:
+            self._value += 1
+            return self._value
+
+
+_uids = _Counter()
+
+
 @dataclass
 class Entry:
     """One page of the workspace: a result (kept in the store as `result_id`) or the reason it has none."""
@@ -46,20 +60,6 @@ class Entry:
         if self.correction is not None:
             return self.correction
         return self.result.text if self.result is not None else ""
-
-
-class _Counter:
-    def __init__(self) -> None:
-        self._value = 0
-        self._lock = threading.Lock()
-
-    def __next__(self) -> int:
-        with self._lock:
-            self._value += 1
-            return self._value
-
-
-_uids = _Counter()
 
 
 @dataclass(frozen=True)
@@ -130,11 +130,13 @@ class RunJob:
                 setattr(self, f"_{name}", value)
             self._changed.notify_all()
 
-    def _on_page(self, model: str, done: int, total: int, index: int) -> None:
-        # A model the worker does not hold yet is loaded first: that is what the user waits for.
-        loading = model not in self._loader.resident_models
-        self._set(phase="loading" if loading else "running", model=model, page=index, tokens=0, tail="",
-                  phase_started=self._clock())
+    def _page_started(self, model: str) -> Callable[[int, int, int], None]:
+        def started(done: int, total: int, index: int) -> None:
+            # A model the worker does not hold yet is loaded first: that is what the user waits for.
+            loading = model not in self._loader.resident_models
+            self._set(phase="loading" if loading else "running", model=model, page=index, tokens=0, tail="",
+                      phase_started=self._clock())
+        return started
 
     def _on_token(self, piece: str) -> None:
         with self._changed:
@@ -178,8 +180,8 @@ class RunJob:
                 try:
                     events_before = len(self._loader.recovery_events())
                     for outcome in run_pages(self._loader, self.document, pages, model, self.task, self.options,
-                                             on_page=lambda d, t, i, m=model: self._on_page(m, d, t, i),
-                                             on_token=self._on_token, stop=self.stop, warnings=self._warnings):
+                                             on_page=self._page_started(model), on_token=self._on_token,
+                                             stop=self.stop, warnings=self._warnings):
                         entry = Entry(outcome.key, self.document.name, self.options, outcome.result, outcome.error,
                                       wall_seconds=outcome.wall_seconds)
                         self._save(entry, events_before)

@@ -67,17 +67,13 @@ def page_filename(stem: str, result: PageResult, fmt: str) -> str:
 
 def page_ranges(pages: Sequence[int]) -> str:
     """0-based page indices as 1-based ranges: [1, 2, 4] -> "2-3_5" (safe in a file name)."""
-    ordered = sorted(set(pages))
-    parts: list[str] = []
-    start = previous = None
-    for page in [*ordered, None]:
-        if page is not None and previous is not None and page == previous + 1:
-            previous = page
-            continue
-        if start is not None:
-            parts.append(f"{start + 1}" if start == previous else f"{start + 1}-{previous + 1}")
-        start = previous = page
-    return "_".join(parts)
+    runs: list[list[int]] = []
+    for page in sorted(set(pages)):
+        if runs and page == runs[-1][-1] + 1:
+            runs[-1].append(page)
+        else:
+            runs.append([page])
+    return "_".join(f"{run[0] + 1}" if len(run) == 1 else f"{run[0] + 1}-{run[-1] + 1}" for run in runs)
 
 
 def download_name(source_name: str, pages: Sequence[int], task: str, model: str, fmt: str,
