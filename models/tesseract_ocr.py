@@ -1,49 +1,52 @@
-"""Tesseract 5 through tesserocr: the engine and its language data stay loaded between pages."""
+"""Tesseract 5 through tesserocr: the engines and their language data stay loaded between pages.
+
+Languages are chosen per page. The configured set (default rus+eng) reads the page once; where the
+letters it found are mostly Latin, the words it wrote in another script — Cyrillic look-alikes such as
+"Раде" for "Page" — are read again, each on its own, with the Latin languages alone. Russian pages keep
+the rus+eng reading (it beats rus alone: they hold English words) and English pages get no look-alikes,
+for the cost of re-reading those few words. A document may name its own languages (RunOptions.languages).
+"""
 from __future__ import annotations
 
 import importlib.util
-import os
+import re
 import time
-from pathlib import Path
+from collections import OrderedDict
+from typing import Any
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.base import ModelAdapter
+from models.classic.layout import Line, Word, page_text, to_markdown
+from models.classic.script import dominant_script, letter_script, script_letters, split_by_script
+from models.classic.tessdata import find_tessdata, installed_languages, missing_languages
 from models.contract import Availability, Block, RunOptions
 from models.registry import ModelSpec
 
-TESSDATA_CANDIDATES = (
-    "/usr/share/tesseract-ocr/5/tessdata",
-    "/usr/share/tesseract-ocr/4.00/tessdata",
-    "/usr/share/tessdata",
-    "/usr/local/share/tessdata",
-    "/opt/homebrew/share/tessdata",
-)
-# Tesseract's PolyBlockType numbers -> the layout categories used across the app.
+LANGUAGES_PATTERN = r"^[A-Za-z_]+(\+[A-Za-z_]+)*$"
+# Tesseract's PolyBlockType (tesserocr.PT) -> the layout categories used across the app. Its
+# HEADING_TEXT (2) marks any short isolated block, so it stays Text here.
 BLOCK_CATEGORIES = {
-    1: "Text", 2: "Text", 3: "Text", 4: "Section-header", 5: "Text", 6: "Table", 7: "Text",
-    8: "Picture", 9: "Picture", 10: "Picture", 11: "Formula", 12: "Formula", 13: "Other", 14: "Other",
+    1: "Text", 2: "Text", 3: "Text", 4: "Formula", 5: "Formula", 6: "Table", 7: "Text", 8: "Caption",
+    9: "Picture", 10: "Picture", 11: "Picture", 12: "Other", 13: "Other", 14: "Other",
 }
+SINGLE_LINE = 7  # tesserocr.PSM.SINGLE_LINE: how a look-alike word is read again, on its own
 
 
 class TesseractOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    languages: str = Field("rus+eng", pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$")
+    languages: str = Field("rus+eng", pattern=LANGUAGES_PATTERN)
     psm: int = Field(3, ge=0, le=13, description="page segmentation mode")
     tessdata_dir: str | None = None
-
-
-def find_tessdata(configured: str | None) -> Path | None:
-    for candidate in (configured, os.environ.get("TESSDATA_PREFIX"), *TESSDATA_CANDIDATES):
-        if candidate and Path(candidate).is_dir() and any(Path(candidate).glob("*.traineddata")):
-            return Path(candidate)
-    return None
+    script_check: bool = Field(True, description="on pages whose letters are mostly Latin, read the words written "
+                                                 "in another script again with the Latin languages alone")
 
 
 class TesseractAdapter(ModelAdapter):
     Options = TesseractOptions
     supported_tasks = ("text", "layout")
+    MAX_EXTRA_ENGINES = 2  # engines for languages a document chose, beyond the configured ones
 
     @classmethod
     def availability(cls, spec: ModelSpec) -> Availability:
@@ -55,7 +58,7 @@ class TesseractAdapter(ModelAdapter):
         if tessdata is None:
             return Availability(available=False, status="not installed", reason="no Tesseract language data found",
                                 fix="sudo apt-get install tesseract-ocr tesseract-ocr-eng tesseract-ocr-rus")
-        missing = [lang for lang in options.languages.split("+") if not (tessdata / f"{lang}.traineddata").exists()]
+        missing = missing_languages(options.languages, tessdata)
         if missing:
             packages = " ".join(f"tesseract-ocr-{lang}" for lang in missing)
             return Availability(available=False, status="not installed",
@@ -68,40 +71,149 @@ class TesseractAdapter(ModelAdapter):
 
         self._tesserocr = tesserocr
         tessdata = find_tessdata(self.options.tessdata_dir)
-        self._api = tesserocr.PyTessBaseAPI(path=str(tessdata) + "/", lang=self.options.languages,
-                                            psm=self.options.psm, oem=tesserocr.OEM.LSTM_ONLY)
+        if tessdata is None:
+            raise RuntimeError("no Tesseract language data found (sudo apt-get install tesseract-ocr-eng)")
+        self._tessdata = tessdata
+        self._engines: OrderedDict[str, Any] = OrderedDict()
+        self._pinned = {self.options.languages, *filter(None, [self._latin_subset(self.options.languages)])}
+        for languages in self._pinned:  # loaded now, so that no page pays for it
+            self._engine(languages)
         self.dtype = None
 
+    def languages_for(self, options: RunOptions) -> str:
+        """The languages a request asked for, checked against the installed data; else the configured ones."""
+        chosen = options.languages
+        if not chosen:
+            return self.options.languages
+        chosen = chosen.strip()
+        if not re.fullmatch(LANGUAGES_PATTERN, chosen):
+            raise ValueError(f"Tesseract languages {chosen!r}: give language codes joined by '+', e.g. rus+eng")
+        missing = missing_languages(chosen, self._tessdata)
+        if missing:
+            raise ValueError(f"Tesseract has no language data for {', '.join(missing)} "
+                             f"(installed: {', '.join(installed_languages(self._tessdata))}); "
+                             f"install tesseract-ocr-{missing[0]}")
+        return chosen
+
     def run(self, image: Image.Image, task: str, options: RunOptions, on_token=None):
-        tesserocr = self._tesserocr
+        languages = self.languages_for(options)
         started = time.perf_counter()
-        api = self._api
-        api.SetImage(image)
-        api.Recognize()
-        text = api.GetUTF8Text().strip()
-        level = tesserocr.RIL.BLOCK if task == "layout" else tesserocr.RIL.TEXTLINE
-        blocks: list[Block] = []
-        iterator = api.GetIterator()
-        if iterator is not None:
-            for item in tesserocr.iterate_level(iterator, level):
-                box = item.BoundingBox(level)
-                if box is None:
-                    continue
-                content = (item.GetUTF8Text(level) or "").strip()
-                category = BLOCK_CATEGORIES.get(item.BlockType(), "Text") if task == "layout" else "Line"
-                if not content and category == "Text":
-                    continue
-                blocks.append(Block(bbox=tuple(float(v) for v in box), category=category, text=content,
-                                    score=round(item.Confidence(level) / 100.0, 4)))
-        api.Clear()
-        return self.result(task, text=text, markdown=text, blocks=blocks,
+        lines, regions = self._recognise(image, languages, with_regions=task == "layout")
+        if self.options.script_check:
+            self._keep_to_page_script(image, lines, languages)
+        lines = [line for line in lines if line.text]
+        if task == "layout":
+            blocks = [block.model_copy(update={"text": page_text([line for line in lines if line.block == number])})
+                      for number, block in regions]
+            blocks = [b for b in blocks if b.text or b.category != "Text"]
+        else:
+            blocks = [Block(bbox=line.bbox, category="Line", text=line.text, score=line.score) for line in lines]
+        return self.result(task, text=page_text(lines), markdown=to_markdown(lines), blocks=blocks,
                            seconds=time.perf_counter() - started, width=image.width, height=image.height)
 
-    def close(self) -> None:
-        api = getattr(self, "_api", None)
-        if api is not None:
-            api.End()
-            self._api = None
+    def _recognise(self, image: Image.Image, languages: str,
+                   with_regions: bool = False) -> tuple[list[Line], list[tuple[int, Block]]]:
+        """One Tesseract pass over the image: its lines of words in reading order (line.block numbers
+        Tesseract's blocks) and, for layout, its blocks as (number, Block) with the text left empty."""
+        tesserocr = self._tesserocr
+        ril = tesserocr.RIL
+        api = self._engine(languages)
+        api.SetPageSegMode(self.options.psm)
+        api.SetImage(image)
+        try:
+            api.Recognize()
+            iterator = api.GetIterator()
+            if iterator is None:
+                return [], []
+            lines: list[Line] = []
+            block = -1
+            for item in tesserocr.iterate_level(iterator, ril.WORD):
+                if item.IsAtBeginningOf(ril.BLOCK):
+                    block += 1
+                if item.IsAtBeginningOf(ril.TEXTLINE) or not lines:
+                    lines.append(Line(words=[], size=item.RowAttributes()["row_height"], block=block,
+                                      new_paragraph=item.IsAtBeginningOf(ril.PARA),
+                                      score=round(item.Confidence(ril.TEXTLINE) / 100.0, 4)))
+                if not item.Empty(ril.WORD):
+                    lines[-1].words.append(Word(text=item.GetUTF8Text(ril.WORD), bbox=item.BoundingBox(ril.WORD)))
+            regions = self._regions(api) if with_regions else []
+        finally:
+            api.Clear()
+        return [line for line in lines if line.words], regions
 
+    def _regions(self, api) -> list[tuple[int, Block]]:
+        """Every block Tesseract found, pictures and rules included, numbered like the text blocks."""
+        tesserocr = self._tesserocr
+        regions = []
+        text_block = -1
+        for item in tesserocr.iterate_level(api.GetIterator(), tesserocr.RIL.BLOCK):
+            box = item.BoundingBox(tesserocr.RIL.BLOCK)
+            category = BLOCK_CATEGORIES.get(item.BlockType(), "Text")
+            has_text = not item.Empty(tesserocr.RIL.WORD)
+            text_block += has_text
+            if box is None:
+                continue
+            regions.append((text_block if has_text else -1,
+                            Block(bbox=tuple(float(v) for v in box), category=category,
+                                  score=round(item.Confidence(tesserocr.RIL.BLOCK) / 100.0, 4))))
+        return regions
+
+    def _keep_to_page_script(self, image: Image.Image, lines: list[Line], languages: str) -> None:
+        """On a page whose letters are mostly Latin, read the words written in another script again with
+        the Latin languages alone. Only this direction: Latin words on a Cyrillic page are real (names,
+        terms, references), while Cyrillic words on an English page were look-alikes in every test scan."""
+        latin = self._latin_subset(languages)
+        words = [w for line in lines for w in line.words]
+        if latin is None or dominant_script(script_letters(w.text for w in words)) != "Latin":
+            return
+        foreign = [w for w in words if any(letter_script(ch) not in (None, "Latin") for ch in w.text)]
+        if not foreign:
+            return
+        api = self._engine(latin)
+        api.SetPageSegMode(SINGLE_LINE)
+        api.SetImage(image)
+        try:
+            for word in foreign:
+                api.SetRectangle(*_padded(word.bbox, image.size))
+                word.text = " ".join(api.GetUTF8Text().split())
+        finally:
+            api.Clear()
+        for line in lines:
+            line.words = [w for w in line.words if w.text]
+
+    @staticmethod
+    def _latin_subset(languages: str) -> str | None:
+        """The Latin-script languages of a set that also holds languages of another script."""
+        latin, other = split_by_script(languages.split("+"), "Latin")
+        return "+".join(latin) if latin and other else None
+
+    def _engine(self, languages: str):
+        """A resident Tesseract engine for these languages; engines a document asked for are kept a while."""
+        api = self._engines.get(languages)
+        if api is None:
+            tesserocr = self._tesserocr
+            api = tesserocr.PyTessBaseAPI(path=str(self._tessdata) + "/", lang=languages, psm=self.options.psm,
+                                          oem=tesserocr.OEM.LSTM_ONLY)
+            self._engines[languages] = api
+            extra = [key for key in self._engines if key not in self._pinned]
+            for key in extra[:-self.MAX_EXTRA_ENGINES]:
+                self._engines.pop(key).End()
+        self._engines.move_to_end(languages)
+        return api
+
+    def close(self) -> None:
+        engines = getattr(self, "_engines", None)
+        while engines:
+            engines.popitem()[1].End()
+
+
+def _padded(box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A word's box as (left, top, width, height) with a margin: a little above and below for the
+    accents and descenders, hardly any at the sides so that no neighbour's letters come in."""
+    x1, y1, x2, y2 = box
+    height = y2 - y1
+    left, top = max(0, int(x1 - 0.05 * height) - 1), max(0, int(y1 - 0.2 * height) - 1)
+    right, bottom = min(size[0], int(x2 + 0.05 * height) + 1), min(size[1], int(y2 + 0.2 * height) + 1)
+    return left, top, right - left, bottom - top
 
 ADAPTER = TesseractAdapter
