@@ -58,8 +58,9 @@ def script_letters(words: Iterable[str], min_letters: int = 3) -> Counter[str]:
     return counts
 
 
-def dominant_script(counts: Counter[str], share: float = 0.8, min_letters: int = 20) -> str | None:
-    """The script of at least `share` of the letters; None on mixed pages or too little text to tell."""
+def dominant_script(counts: Counter[str], share: float = 0.8, min_letters: int = 12) -> str | None:
+    """The script of at least `share` of the letters; None on mixed pages or with fewer letters than
+    three or four words hold (too little to tell)."""
     total = sum(counts.values())
     if total < min_letters:
         return None
