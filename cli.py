@@ -5,6 +5,7 @@
                            [--format json|txt|md] [--out DIR] [--model-path DIR]
   python cli.py eval DIR [--models a,b] [--task text] [--json]
   python cli.py bench DIR [--models a,b] [--out bench_out] [--limit N]
+  python cli.py serve [--host 127.0.0.1] [--port 8000]
 """
 from __future__ import annotations
 
@@ -15,14 +16,10 @@ from pathlib import Path
 
 from models.contract import TASKS
 from utils.config import ConfigError, Settings, cached_settings
-from utils.documents.export import document_text
+from utils.documents.export import document_text, page_json
 from utils.documents.reader import DocumentError, open_path
 from utils.engine.loader import Loader
 from utils.messages import one_line
-
-# Fields of each page in `ocr --format json`, in this order.
-PAGE_FIELDS = ("page", "model", "task", "text", "markdown", "blocks", "device", "dtype", "profile",
-               "seconds", "load_seconds", "tokens", "truncated", "warnings")
 
 
 class UsageError(Exception):
@@ -59,12 +56,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _page_json(result) -> dict:
-    data = result.model_dump(mode="json")
-    data["page"] = (result.page or 0) + 1
-    return {key: data[key] for key in PAGE_FIELDS}
-
-
 def cmd_ocr(args: argparse.Namespace) -> int:
     settings = settings_with_model_path(cached_settings(), args.model, args.model_path)
     if args.task not in settings.models[args.model].tasks:
@@ -93,7 +84,7 @@ def cmd_ocr(args: argparse.Namespace) -> int:
                 entry["error"] = f"{Path(file).name}: {one_line(exc)}"
             if entry["error"]:
                 print(f"error: {entry['error']}", file=sys.stderr)
-            entry["pages"] = [_page_json(r) for r in results]
+            entry["pages"] = [page_json(r) for r in results]
             if results and args.out:
                 target = Path(args.out) / f"{Path(file).stem}.{args.format}"
                 body = json.dumps(entry, ensure_ascii=False, indent=2) if args.format == "json" \
@@ -172,6 +163,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if any(row.error for row in report.rows) or report.document_errors else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from utils.api.serve import ServeError, serve
+
+    try:
+        return serve(args.host, args.port, cached_settings())
+    except ServeError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Document OCR with classic engines and VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -203,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench_out", help="folder for bench.csv, bench_pages.csv, bench.png")
     bench.add_argument("--limit", type=int, help="at most this many pages, in file-name order")
     bench.set_defaults(func=cmd_bench)
+
+    serve = sub.add_parser("serve", help="the HTTP API (OpenAPI docs at /docs); off 127.0.0.1 it needs OCR_API_KEY")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -9,6 +9,16 @@ from pathlib import Path
 from models.contract import PageResult
 
 FORMATS = ("txt", "md", "json")
+# Fields of each page in `cli.py ocr --format json` and the HTTP API's /v1/ocr, in this order.
+PAGE_FIELDS = ("page", "model", "task", "text", "markdown", "blocks", "device", "dtype", "profile",
+               "seconds", "load_seconds", "tokens", "truncated", "warnings")
+
+
+def page_json(result: PageResult) -> dict:
+    """One page as the CLI and the API report it: 1-based page number, the fields above."""
+    data = result.model_dump(mode="json")
+    data["page"] = (result.page or 0) + 1
+    return {key: data[key] for key in PAGE_FIELDS}
 
 
 def page_text(result: PageResult, fmt: str) -> str:
