@@ -3,6 +3,7 @@
   python cli.py models
   python cli.py ocr FILE... --model NAME [--task text|markdown|layout] [--pages 1-3]
                            [--format json|txt|md] [--out DIR] [--model-path DIR]
+                           [--backend local|openai] [--base-url URL] [--concurrency N]
   python cli.py eval DIR [--models a,b] [--task text] [--json]
   python cli.py bench DIR [--models a,b] [--out bench_out] [--limit N]
   python cli.py serve [--host 127.0.0.1] [--port 8000]
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from models.contract import TASKS
-from utils.config import ConfigError, Settings, cached_settings
+from utils.config import ConfigError, Settings, cached_settings, with_backend
 from utils.documents.export import document_text, page_json
 from utils.documents.reader import DocumentError, open_path
 from utils.engine.loader import Loader
@@ -38,6 +39,21 @@ def settings_with_model_path(settings: Settings, model: str, model_path: str | N
     return settings
 
 
+def settings_with_backend(settings: Settings, args: argparse.Namespace) -> Settings:
+    """--backend / --base-url / --concurrency: run args.model on another backend than config.yaml says."""
+    backend, base_url, concurrency = args.backend, args.base_url, args.concurrency
+    if backend is None and base_url is None and concurrency is None:
+        return settings
+    if (backend or settings.models[args.model].backend) != "openai":
+        raise UsageError("--base-url and --concurrency need --backend openai")
+    if concurrency is not None and concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    try:
+        return with_backend(settings, args.model, backend, base_url, concurrency)
+    except ConfigError as exc:
+        raise UsageError(str(exc).removeprefix("command line: ")) from None
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     loader = Loader(cached_settings())
     try:
@@ -58,6 +74,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_ocr(args: argparse.Namespace) -> int:
     settings = settings_with_model_path(cached_settings(), args.model, args.model_path)
+    settings = settings_with_backend(settings, args)
     if args.task not in settings.models[args.model].tasks:
         raise UsageError(f"{args.model} does not do '{args.task}'; it supports: "
                          f"{', '.join(settings.models[args.model].tasks)}")
@@ -187,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     ocr.add_argument("--format", default="txt", choices=("json", "txt", "md"))
     ocr.add_argument("--out", help="write one file per document into this folder")
     ocr.add_argument("--model-path", help="load the model from this local snapshot folder")
+    ocr.add_argument("--backend", choices=("local", "openai"),
+                     help="run the model here (local) or on an OpenAI-compatible server such as vLLM (openai)")
+    ocr.add_argument("--base-url", help="the server's /v1 URL, e.g. http://gpu1:8000/v1 (comma-separated: replicas)")
+    ocr.add_argument("--concurrency", type=int, help="requests in flight to the server at once")
     ocr.set_defaults(func=cmd_ocr)
 
     evaluate = sub.add_parser("eval", help="accuracy against ground truth: DIR holds documents and same-stem .txt "

@@ -32,6 +32,12 @@ class ModelAdapter(Generic[OptionsT]):
         self.dtype: str | None = None
 
     @classmethod
+    def served(cls) -> type[ModelAdapter] | None:
+        """The variant of this adapter that runs the model on an OpenAI-compatible server
+        (`backend: openai`), or None when the model can only run in-process."""
+        return None
+
+    @classmethod
     def availability(cls, spec: ModelSpec) -> Availability:
         """Must not load weights, download, or initialise a GPU."""
         raise NotImplementedError

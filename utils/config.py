@@ -116,6 +116,24 @@ def with_overlay(settings: Settings, overlay: str | Path) -> Settings:
     return _validated(_deep_merge(settings.model_dump(), _read_yaml(overlay)), f"settings+{overlay.name}")
 
 
+def with_backend(settings: Settings, model: str, backend: str | None = None, base_url: str | None = None,
+                 concurrency: int | None = None) -> Settings:
+    """Settings with `model` run elsewhere: `backend` ("local" or "openai"), the server's base URL (a
+    comma-separated list for replicas) and its concurrency limit replacing those in config.yaml.
+    Validated again; a bad value is a ConfigError naming the key."""
+    data = settings.model_dump()
+    entry = data["models"][model]
+    entry["backend"] = backend or entry["backend"]
+    if base_url is not None or concurrency is not None:
+        server = dict(entry.get("server") or {})
+        if base_url is not None:
+            server["base_url"] = [url.strip() for url in base_url.split(",") if url.strip()]
+        if concurrency is not None:
+            server["concurrency"] = concurrency
+        entry["server"] = server
+    return _validated(data, "command line")
+
+
 def _validated(data: dict, source: str) -> Settings:
     try:
         settings = Settings.model_validate(data)

@@ -65,7 +65,7 @@ class ServerOptions(BaseModel):
             raise ValueError("expected at least one URL")
         bad = [u for u in urls if not u.startswith(("http://", "https://"))]
         if bad:
-            raise ValueError(f"expected http:// or https:// URLs, got {bad}")
+            raise ValueError("expected http:// or https:// URLs")
         return [u.rstrip("/") for u in urls]
 
 
