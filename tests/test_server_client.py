@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from models.vlm.server import ServerClient, ServerError, ServerOptions, image_data_url
+from models.vlm.server import ServerClient, ServerError, ServerOptions, ServerUnreachable, image_data_url
 from tests.openai_double import OpenAIDouble
 
 HELLO = [{"role": "user", "content": [{"type": "text", "text": "Read it."}]}]
@@ -72,6 +72,7 @@ def test_it_gives_up_after_the_retries_with_one_line(openai_double, fault, reaso
     with pytest.raises(ServerError) as caught:
         client.complete(HELLO, {})
     message = str(caught.value)
+    assert not isinstance(caught.value, ServerUnreachable)  # it answered, badly: not a dead server
     assert reason in message and "gave up after 3 attempts" in message and "\n" not in message
     assert len(openai_double.requests) == 3
 
@@ -174,7 +175,7 @@ def test_a_dead_server_is_a_clear_error():
     client = ServerClient(ServerOptions(base_url=f"http://127.0.0.1:{unused_port()}/v1", retries=1, backoff_s=0),
                           "served-model")
     started = time.monotonic()
-    with pytest.raises(ServerError, match=r"cannot connect .*gave up after 2 attempts"):
+    with pytest.raises(ServerUnreachable, match=r"cannot connect .*gave up after 2 attempts"):
         client.complete(HELLO, {})
     assert time.monotonic() - started < 5
     health = client.health()

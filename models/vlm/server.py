@@ -73,6 +73,10 @@ class ServerError(RuntimeError):
     """The server gave no usable answer (after the retries, where retrying made sense)."""
 
 
+class ServerUnreachable(ServerError):
+    """No attempt could even connect: the server (every replica) is down or the URL is wrong."""
+
+
 class IncompleteAnswer(RuntimeError):
     """A stream that ended without saying why (no finish reason): cut short somewhere on the way."""
 
@@ -188,6 +192,7 @@ class ServerClient:
 
         shown = 0  # characters already handed to on_token, over all attempts
         last: Exception | None = None
+        failures: list[Exception] = []
         attempts = self.options.retries + 1
         for attempt in range(1, attempts + 1):
             url, client = self._next_client()
@@ -204,10 +209,13 @@ class ServerClient:
                 if exc.status_code < 500 and exc.status_code not in RETRY_STATUSES:
                     raise ServerError(f"{url}: HTTP {exc.status_code}: {_status_message(exc)}") from None
                 last, delay = exc, self._retry_delay(attempt, exc)
+            if last is not None:
+                failures.append(last)
             if attempt < attempts:
                 self._sleep(delay or 0.0)
         where = self.options.base_url[0] if len(self._clients) == 1 else "every replica"
-        raise ServerError(f"{self.model} at {where}: {_describe(last)} (gave up after {attempts} attempts)")
+        error = ServerUnreachable if all(_refused(e) for e in failures) else ServerError
+        raise error(f"{self.model} at {where}: {_describe(last)} (gave up after {attempts} attempts)")
 
     def _stream_once(self, client: openai.OpenAI, messages: list[dict], params: dict[str, Any],
                      extra_body: dict[str, Any] | None, on_token: TokenCallback | None,
@@ -308,6 +316,12 @@ class _Shown(Exception):
         super().__init__(str(cause))
         self.shown = shown
         self.cause = cause
+
+
+def _refused(exc: BaseException) -> bool:
+    """A failure to connect at all (as opposed to a server that answered badly or too slowly)."""
+    cause = exc.__cause__ or exc.__context__
+    return any("ConnectError" == cls.__name__ for e in (exc, cause) if e is not None for cls in type(e).__mro__)
 
 
 def _is_transport_error(exc: BaseException) -> bool:

@@ -24,7 +24,7 @@ from utils.api.limits import FORM_OVERHEAD, UploadLimit
 from utils.config import Settings, cached_settings
 from utils.documents.export import page_json
 from utils.documents.reader import DocumentError, open_document, parse_page_selection
-from utils.engine.loader import Loader, ModelUnavailable
+from utils.engine.loader import Loader, ModelStatus, ModelUnavailable
 from utils.engine.runner import run_pages
 from utils.messages import one_line
 
@@ -64,6 +64,20 @@ class OcrResponse(BaseModel):
     recovery_events: list[dict[str, Any]] = Field(description="the guard's recoveries during this request")
 
 
+class ReplicaJSON(BaseModel):
+    url: str
+    reachable: bool
+    model_listed: bool
+    latency_ms: float | None
+    error: str | None
+
+
+class ServerJSON(BaseModel):
+    ok: bool = Field(description="a replica answers and serves the model")
+    summary: str
+    replicas: list[ReplicaJSON]
+
+
 class ModelJSON(BaseModel):
     name: str
     label: str
@@ -73,6 +87,8 @@ class ModelJSON(BaseModel):
     status: str
     reason: str
     fix: str | None
+    backend: str = Field(description="local: runs in this app's worker; openai: on an OpenAI-compatible server")
+    server: ServerJSON | None = Field(None, description="for backend openai: the server's health (cached 15 s)")
 
 
 class ModelsResponse(BaseModel):
@@ -145,7 +161,8 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
         return ModelsResponse(models=[
             ModelJSON(name=s.name, label=s.label, tasks=list(s.tasks), default=s.name == default,
                       available=s.availability.available, status=s.availability.status,
-                      reason=s.availability.reason, fix=s.availability.fix)
+                      reason=s.availability.reason, fix=s.availability.fix,
+                      backend=loader.settings.models[s.name].backend, server=_server_json(loader, s))
             for s in loader.catalog()])
 
     @app.post("/v1/ocr", response_model=OcrResponse, responses=ERRORS, dependencies=secured, tags=["ocr"])
@@ -194,6 +211,21 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
                 "recovery_events": events}
 
     return app
+
+
+def _server_json(loader: Loader, status: ModelStatus) -> ServerJSON | None:
+    if loader.settings.models[status.name].backend != "openai" or not status.availability.available:
+        return None
+    try:
+        health = loader.server_health(status.name)
+    except ModelUnavailable as exc:
+        return ServerJSON(ok=False, summary=one_line(exc), replicas=[])
+    if health is None:
+        return None
+    return ServerJSON(ok=health.ok, summary=health.summary, replicas=[
+        ReplicaJSON(url=r.url, reachable=r.reachable, model_listed=r.model_listed, error=r.error,
+                    latency_ms=None if r.latency_s is None else round(r.latency_s * 1000, 1))
+        for r in health.replicas])
 
 
 def _one_line_errors(app: FastAPI) -> None:

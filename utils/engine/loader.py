@@ -11,12 +11,14 @@ from PIL import Image
 
 from models.contract import Availability, PageResult, RunOptions, TokenCallback
 from models.registry import adapter_class
+from models.vlm.server import ServerHealth
 from utils.config import CPU_FALLBACK_CONFIG, ConfigError, Settings, cached_settings, with_overlay
 from utils.engine.guard import Guard, RecoveryEvent, RequestFailed, SystemInfo
 from utils.engine.pool import ModelUnavailable
+from utils.engine.remote import RemoteModels
 
 __all__ = ["Loader", "ModelStatus", "ModelUnavailable", "ConfigError", "RequestFailed", "RecoveryEvent",
-           "SystemInfo"]
+           "ServerHealth", "SystemInfo"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Loader:
         settings = settings or cached_settings()
         self._guard = Guard(settings, fallback or with_overlay(settings, CPU_FALLBACK_CONFIG))
         self._lock = threading.Lock()  # one inference at a time: one worker, one device
+        self._remote = RemoteModels()  # models on a server: concurrent, outside the worker
 
     @property
     def settings(self) -> Settings:
@@ -61,12 +64,24 @@ class Loader:
     def run(self, model: str, image: Image.Image, task: str = "text", options: RunOptions | None = None,
             on_token: TokenCallback | None = None, page: int | None = None,
             source: str | None = None) -> PageResult:
-        """Raises the worker's own exception type for bad input, RequestFailed when recovery gave up."""
-        with self._lock:
-            result = self._guard.run(model, image, task, options, on_token)
+        """Raises the worker's own exception type for bad input, RequestFailed when recovery gave up.
+        A model on a server (`backend: openai`) runs from this thread, at once with others."""
+        if self.settings.model(model).backend == "openai":
+            result = self._remote.run(self.settings, model, image, task, options, on_token)
+        else:
+            with self._lock:
+                result = self._guard.run(model, image, task, options, on_token)
         result.page = page
         result.source = source
         return result
+
+    def server_health(self, model: str) -> ServerHealth | None:
+        """For a model on a server: reachable, model listed, latency (asked at most every 15 s).
+        None for a model that runs here. Raises ModelUnavailable when its client cannot be made
+        (say, the API key's environment variable is not set)."""
+        if self.settings.model(model).backend != "openai":
+            return None
+        return self._remote.health(self.settings, model)
 
     def set_model_path(self, model: str, path: str | None) -> None:
         """Load `model` from a local snapshot folder (None: back to the Hugging Face cache)."""
@@ -91,5 +106,6 @@ class Loader:
         return self._guard.healthy()
 
     def close(self) -> None:
+        self._remote.close()
         with self._lock:
             self._guard.close()
