@@ -36,7 +36,7 @@ def test_streams_tokens_in_order_and_sends_the_parameters(openai_double):
                            extra_body={"repetition_penalty": 1.05, "top_k": 1}, on_token=pieces.append)
     assert done.text == "Счёт 4521 dated 12 March"
     assert pieces == ["Счёт ", "4521 ", "dated ", "12 ", "March"]
-    assert (done.finish_reason, done.tokens, done.attempts) == ("stop", 5, 1)
+    assert (done.finish_reason, done.tokens, done.attempts) == ("stop", 5, 1) and done.pieces == pieces
     body = openai_double.requests[0].body
     assert body["model"] == "served-model" and body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
@@ -162,13 +162,14 @@ def test_a_retried_stream_does_not_repeat_what_was_shown(openai_double):
     assert done.attempts == 2
     assert shown[:4] == ["one ", "two ", "three ", "four "]
     assert "".join(shown) == done.text == "one two three four five six seven eight"
+    assert len(done.pieces) == 8  # the pieces of the attempt that answered, not of both
 
 
 def test_stop_when_ends_the_request_early(openai_double):
     openai_double.answer = "la " * 200
     openai_double.piece_delay_s = 0.005
-    done = client_for(openai_double).complete(HELLO, {}, stop_when=lambda text: text.count("la") >= 10)
-    assert done.finish_reason == "stopped" and done.text.count("la") == 10
+    done = client_for(openai_double).complete(HELLO, {}, stop_when=lambda pieces: len(pieces) >= 10)
+    assert done.finish_reason == "stopped" and done.text == "la " * 10 and done.pieces == ["la "] * 10
 
 
 def test_a_dead_server_is_a_clear_error():

@@ -84,6 +84,7 @@ class IncompleteAnswer(RuntimeError):
 @dataclass
 class Completion:
     text: str
+    pieces: list[str]  # the text as it was streamed: about one token each
     tokens: int  # completion tokens as the server counted them (else streamed pieces)
     finish_reason: str  # "stop", "length", or "stopped" when stop_when ended it
     attempts: int
@@ -183,11 +184,12 @@ class ServerClient:
 
     def complete(self, messages: list[dict], params: dict[str, Any], *, extra_body: dict[str, Any] | None = None,
                  on_token: TokenCallback | None = None,
-                 stop_when: Callable[[str], bool] | None = None) -> Completion:
+                 stop_when: Callable[[list[str]], bool] | None = None) -> Completion:
         """Stream one chat completion. `params` are standard request parameters (max_tokens,
         temperature, ...), `extra_body` the server's own (vLLM: repetition_penalty, top_k, ...).
-        `stop_when(text so far)` returning True ends the request early. After a retry, on_token
-        gets only what goes beyond the text it was already given."""
+        `stop_when(pieces)`, called after each streamed piece with this attempt's pieces so far,
+        returning True ends the request early. After a retry, on_token gets only what goes beyond
+        the text it was already given."""
         import openai
 
         shown = 0  # characters already handed to on_token, over all attempts
@@ -219,12 +221,12 @@ class ServerClient:
 
     def _stream_once(self, client: openai.OpenAI, messages: list[dict], params: dict[str, Any],
                      extra_body: dict[str, Any] | None, on_token: TokenCallback | None,
-                     stop_when: Callable[[str], bool] | None, shown: int) -> Completion:
+                     stop_when: Callable[[list[str]], bool] | None, shown: int) -> Completion:
         """One attempt. A retryable failure comes out as _Shown, carrying how much text has been shown."""
         import openai
 
         text = ""
-        pieces = 0
+        pieces: list[str] = []
         usage_tokens: int | None = None
         finish: str | None = None
         stream: Any = None
@@ -240,12 +242,12 @@ class ServerClient:
                 choice = chunk.choices[0]
                 piece = choice.delta.content if choice.delta is not None else None
                 if piece:
-                    pieces += 1
+                    pieces.append(piece)
                     text += piece
                     if on_token is not None and len(text) > shown:
                         on_token(text[shown:])
                         shown = len(text)
-                    if stop_when is not None and stop_when(text):
+                    if stop_when is not None and stop_when(pieces):
                         finish = "stopped"
                         break
                 if choice.finish_reason is not None:
@@ -265,7 +267,7 @@ class ServerClient:
         finally:
             if stream is not None:
                 stream.close()  # also what tells vLLM to abort a request stopped early
-        return Completion(text=text, tokens=usage_tokens if usage_tokens is not None else pieces,
+        return Completion(text=text, pieces=pieces, tokens=usage_tokens if usage_tokens is not None else len(pieces),
                           finish_reason=finish, attempts=1, url="")
 
     def _retry_delay(self, attempt: int, exc: BaseException | None) -> float:
