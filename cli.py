@@ -7,6 +7,7 @@
   python cli.py eval DIR [--models a,b] [--task text] [--json]
   python cli.py bench DIR [--models a,b] [--out bench_out] [--limit N]
   python cli.py serve [--host 127.0.0.1] [--port 8000]
+  python cli.py reparse --model NAME --task TASK --raw FILE --page-size W H [--format json|txt|md]
 """
 from __future__ import annotations
 
@@ -180,6 +181,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if any(row.error for row in report.rows) or report.document_errors else 0
 
 
+def cmd_reparse(args: argparse.Namespace) -> int:
+    """A saved raw VLM output parsed again, as the model's adapter parses it for a page of that size;
+    the input size comes from the model's pixel budget in config.yaml (or --max-pixels)."""
+    from models.contract import RunOptions
+    from models.registry import adapter_class
+    from models.vlm.base import VLMAdapter
+
+    settings = cached_settings()
+    spec = settings.models.get(args.model)
+    adapter_type = adapter_class(spec) if spec else None
+    if spec is None or adapter_type is None or not issubclass(adapter_type, VLMAdapter):
+        vlms = [name for name, entry in settings.models.items() if issubclass(adapter_class(entry), VLMAdapter)]
+        raise UsageError(f"{args.model!r} has no raw model output to re-parse; models that do: {', '.join(vlms)}")
+    if args.task not in spec.tasks:
+        raise UsageError(f"{args.model} does not do '{args.task}'; it supports: {', '.join(spec.tasks)}")
+    if min(args.page_size) < 1 or (args.max_pixels is not None and args.max_pixels < 1):
+        raise UsageError("--page-size and --max-pixels must be positive")
+    try:
+        raw = Path(args.raw).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--raw {args.raw}: {one_line(exc)}") from None
+    adapter = adapter_type(args.model, spec, settings.profile)
+    width, height = args.page_size
+    try:
+        result, input_size = adapter.reparse(raw, args.task, (width, height), RunOptions(max_pixels=args.max_pixels))
+    except ValueError as exc:  # a page the model could not take (aspect ratio)
+        raise UsageError(one_line(exc)) from None
+    if args.format == "json":
+        json.dump({**page_json(result), "input_size": list(input_size)}, sys.stdout, ensure_ascii=False, indent=2)
+        print()
+    else:
+        print(document_text([result], args.format))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from utils.api.serve import ServeError, serve
 
@@ -224,6 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench_out", help="folder for bench.csv, bench_pages.csv, bench.png")
     bench.add_argument("--limit", type=int, help="at most this many pages, in file-name order")
     bench.set_defaults(func=cmd_bench)
+
+    reparse = sub.add_parser("reparse", help="parse a saved raw VLM output again (after a parser fix), as for a "
+                                             "page of the given size")
+    reparse.add_argument("--model", required=True, help="the VLM that wrote the output")
+    reparse.add_argument("--task", required=True, choices=TASKS)
+    reparse.add_argument("--raw", required=True, metavar="FILE", help="the raw output (a page's \"raw\" field)")
+    reparse.add_argument("--page-size", required=True, nargs=2, type=int, metavar=("W", "H"),
+                         help="the page's size in pixels")
+    reparse.add_argument("--max-pixels", type=int, help="the pixel budget the page ran with, if the guard lowered it")
+    reparse.add_argument("--format", default="json", choices=("json", "txt", "md"))
+    reparse.set_defaults(func=cmd_reparse)
+
 
     serve = sub.add_parser("serve", help="the HTTP API (OpenAPI docs at /docs); off 127.0.0.1 it needs OCR_API_KEY")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")

@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import ROOT, png_bytes, render_text_page
 from tests.test_documents import make_pdf
 
-PAGE_KEYS = {"page", "model", "task", "text", "markdown", "blocks", "device", "dtype", "profile", "seconds",
+PAGE_KEYS = {"page", "model", "task", "text", "markdown", "blocks", "raw", "device", "dtype", "profile", "seconds",
              "load_seconds", "tokens", "truncated", "warnings"}
 
 

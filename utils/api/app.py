@@ -41,6 +41,7 @@ class PageJSON(BaseModel):
     text: str
     markdown: str
     blocks: list[Block] = Field(description="regions with boxes in the original page's pixels")
+    raw: str = Field(description="a VLM's own output before parsing (empty for classic engines)")
     device: str
     dtype: str | None
     profile: str

@@ -10,7 +10,7 @@ from models.contract import PageResult
 
 FORMATS = ("txt", "md", "json")
 # Fields of each page in `cli.py ocr --format json` and the HTTP API's /v1/ocr, in this order.
-PAGE_FIELDS = ("page", "model", "task", "text", "markdown", "blocks", "device", "dtype", "profile",
+PAGE_FIELDS = ("page", "model", "task", "text", "markdown", "blocks", "raw", "device", "dtype", "profile",
                "seconds", "load_seconds", "tokens", "truncated", "warnings")
 
 
