@@ -2,8 +2,9 @@
 
     python benchmarks/bench_server.py [--pages 20] [--delay 1.0] [--concurrency 1,4] [--model qwen_vl_2b]
 
-The server is the test double of vLLM's OpenAI-compatible protocol (tests/openai_double.py) on
-127.0.0.1, answering each request after `--delay` seconds, so what is measured is the app's side:
+The server is the test double of vLLM's OpenAI-compatible protocol (tests/openai_double.py), in a
+process of its own on 127.0.0.1 as a real server would be, answering each request after `--delay`
+seconds, so what is measured is the app's side:
 the `openai` backend of a registry entry, the page runner (one run_pages per page, from a thread
 pool as wide as the limit) and the client's shared concurrency limit. The document is a multi-page
 TIFF made on the spot. Prints one row per limit and the speed-up over the first; exits 1 when the
@@ -13,16 +14,20 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from tests.openai_double import OpenAIDouble  # noqa: E402
+from tests.openai_double import STATS_PATH  # noqa: E402
 from utils.config import cached_settings, with_backend  # noqa: E402
 from utils.documents.reader import Document, open_document  # noqa: E402
 from utils.engine.loader import Loader  # noqa: E402
@@ -65,23 +70,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="qwen_vl_2b", help="a registry entry whose adapter can be served")
     args = parser.parse_args(argv)
     limits = [int(c) for c in args.concurrency.split(",")]
-    settings = cached_settings()
-    spec = settings.model(args.model)
-    double = OpenAIDouble(models=[spec.hub_id or args.model], delay_s=args.delay,
-                          answer=lambda body: f"answer to request {body['messages'][0]['content'][1]['text'][:20]}")
-    double.start()
+    spec = cached_settings().model(args.model)
+    double = subprocess.Popen([sys.executable, str(ROOT / "tests" / "openai_double.py"), "--model",
+                               spec.hub_id or args.model, "--delay", str(args.delay)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     document = make_document(args.pages)
     rows = []
     try:
+        assert double.stdout is not None
+        url = double.stdout.readline().strip()
+        stats_url = url.removesuffix("/v1") + STATS_PATH + "?reset"
         for limit in limits:
-            double.requests.clear()
-            double.max_in_flight = 0
-            seconds, outcomes = run_once(args.model, double.url, limit, document)
+            urllib.request.urlopen(stats_url).read()
+            seconds, outcomes = run_once(args.model, url, limit, document)
+            stats = json.loads(urllib.request.urlopen(stats_url).read())
             errors = [o.error for o in outcomes if o.error]
             in_order = [o.page for o in outcomes] == list(range(args.pages))
-            rows.append((limit, seconds, double.max_in_flight, len(double.requests), errors, in_order))
+            rows.append((limit, seconds, stats["max_in_flight"], stats["requests"], errors, in_order))
     finally:
-        double.stop()
+        double.communicate(timeout=10)  # closing its standard input stops it
     base = rows[0][1]
     print(f"{args.pages} pages, server answers after {args.delay:g} s, model {args.model} (backend openai)")
     print(f"{'concurrency':>11} {'seconds':>8} {'pages/s':>8} {'speed-up':>8} {'max in flight':>13} {'requests':>8}")

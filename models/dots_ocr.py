@@ -292,6 +292,11 @@ class DotsOCRAdapter(VLMAdapter[DotsOCROptions]):
         device = self._model.device
         return {k: v.to(device) for k, v in inputs.items()}
 
+    def served_messages(self, image_url: str, prompt: str) -> list[dict]:
+        """On a vLLM server the text starts with the image markers, as in dots.ocr's own vLLM client:
+        without them vLLM's chat template puts a line break between image and prompt."""
+        return super().served_messages(image_url, f"<|img|>{IMAGE_TOKEN}<|endofimg|>{prompt}")
+
     def parse(self, raw: str, task: str, input_size: Size, page_size: Size) -> Parsed:
         if task not in ("layout", "markdown"):
             return super().parse(raw, task, input_size, page_size)

@@ -5,12 +5,14 @@ It implements the two endpoints the app uses, `GET /v1/models` and `POST /v1/cha
 test decide how it behaves: the answer, a delay per request and per streamed piece, and faults
 (429, 500, a stall, a disconnect in the middle of a stream, malformed JSON). Every chat request is
 recorded with its body, headers and timing, and the largest number of requests in flight at once
-is kept, so tests can check parameters, image data URLs and concurrency limits.
+is kept, so tests can check parameters, image data URLs and concurrency limits. Run as a script
+it is a server process of its own (see main), as the benchmark uses it.
 
 The `openai_double` fixture is registered in tests/conftest.py.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -24,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 FAULTS = ("429", "500", "slow", "disconnect", "malformed")
+STATS_PATH = "/_double/stats"
 # One "token" of the double: a word with the blanks after it (or a run of blanks), so the pieces
 # joined give the answer back exactly.
 PIECE = re.compile(r"\S+\s*|\s+")
@@ -131,6 +134,15 @@ class OpenAIDouble:
             self._in_flight -= 1
             request.ended = time.monotonic()
 
+    def stats(self, reset: bool = False) -> dict[str, int]:
+        """Chat requests received and the most in flight at once (then zeroed, when reset)."""
+        with self._lock:
+            stats = {"requests": len(self.requests), "max_in_flight": self.max_in_flight}
+            if reset:
+                self.requests.clear()
+                self.max_in_flight = 0
+        return stats
+
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
             self._stopping.wait(seconds)
@@ -207,6 +219,9 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- endpoints ----------------------------------------------------------------------------
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path.startswith(STATS_PATH):  # the double's own route, for a double in another process
+            self._send_json(200, self.owner.stats(reset="reset" in self.path))
+            return
         if self.path.rstrip("/") != "/v1/models":
             self._error(404, f"no route {self.path}", "NotFoundError")
             return
@@ -328,3 +343,23 @@ def openai_double() -> Iterator[OpenAIDouble]:
         yield double
     finally:
         double.stop()
+
+
+def main() -> None:
+    """The double as a process of its own (benchmarks/bench_server.py): prints its base URL, then
+    serves until its standard input closes."""
+    parser = argparse.ArgumentParser(description="a test double of vLLM's OpenAI-compatible protocol")
+    parser.add_argument("--model", action="append", required=True, help="a served model name (repeatable)")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each chat answer")
+    parser.add_argument("--answer", default="Hello from the double.")
+    args = parser.parse_args()
+    double = OpenAIDouble(models=args.model, delay_s=args.delay, answer=args.answer).start()
+    print(double.url, flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        double.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 from PIL import Image
 
 from models.vlm.server import ServerClient, ServerError, ServerOptions, ServerUnreachable, image_data_url
-from tests.openai_double import OpenAIDouble
+from tests.conftest import ROOT
+from tests.openai_double import STATS_PATH, OpenAIDouble
 
 HELLO = [{"role": "user", "content": [{"type": "text", "text": "Read it."}]}]
 
@@ -223,3 +228,18 @@ def test_image_data_url_carries_the_exact_pixels():
     assert url.startswith("data:image/png;base64,")
     decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert decoded.size == (37, 19) and decoded.convert("RGB").getpixel((3, 4)) == (200, 10, 30)
+
+
+def test_the_double_runs_as_a_process_of_its_own():
+    double = subprocess.Popen([sys.executable, str(ROOT / "tests" / "openai_double.py"), "--model", "served-model",
+                               "--answer", "from another process"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        url = double.stdout.readline().strip()
+        done = ServerClient(ServerOptions(base_url=url), "served-model").complete(HELLO, {})
+        assert done.text == "from another process"
+        stats = json.loads(urllib.request.urlopen(url.removesuffix("/v1") + STATS_PATH + "?reset").read())
+        assert stats == {"requests": 1, "max_in_flight": 1}
+    finally:
+        double.communicate(timeout=10)
+    assert double.returncode == 0

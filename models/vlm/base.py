@@ -40,6 +40,7 @@ from models.vlm.generation import (
     token_cap,
 )
 from models.vlm.layout_parsing import strip_special_tokens
+from models.vlm.served import ServedVLM
 
 VLMOptionsT = TypeVar("VLMOptionsT", bound=VLMOptions)
 Size = tuple[int, int]
@@ -137,12 +138,24 @@ class VLMAdapter(ModelAdapter[VLMOptionsT]):
         """Model inputs (on the model's device) for the page resized to input_size and the prompt."""
         raise NotImplementedError
 
+    def served_messages(self, image_url: str, prompt: str) -> list[dict]:
+        """The chat messages an OpenAI-compatible server gets for the page (a data URL, already at
+        input_size) and the prompt: the image first, then the text, as in-process."""
+        return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
+                                             {"type": "text", "text": prompt}]}]
+
     def parse(self, raw: str, task: str, input_size: Size, page_size: Size) -> Parsed:
         """The default for tasks without boxes: the text as written, markup removed."""
         text = strip_special_tokens(raw).strip()
         return Parsed(text=text, markdown=text)
 
     # ------------------------------------------------------------ shared
+
+    @classmethod
+    def served(cls) -> type[ModelAdapter]:
+        """This adapter with its model on an OpenAI-compatible server: its steps, the server's
+        generation (models/vlm/served.py)."""
+        return _served_variant(cls)
 
     @classmethod
     def availability(cls, spec: ModelSpec) -> Availability:
@@ -235,3 +248,13 @@ class VLMAdapter(ModelAdapter[VLMOptionsT]):
             import torch
 
             torch.cuda.empty_cache()
+
+
+_served_variants: dict[type, type[ModelAdapter]] = {}
+
+
+def _served_variant(cls: type[VLMAdapter]) -> type[ModelAdapter]:
+    """One class per adapter, so the variant is the same object wherever it is asked for."""
+    if cls not in _served_variants:
+        _served_variants[cls] = type(f"Served{cls.__name__}", (ServedVLM, cls), {"__module__": cls.__module__})
+    return _served_variants[cls]

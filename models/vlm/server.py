@@ -124,9 +124,11 @@ class ServerHealth:
 
 
 def image_data_url(image: Image.Image) -> str:
-    """The page as a PNG data URL: lossless, so the server sees exactly the pixels the budget allows."""
+    """The page as a PNG data URL: lossless, so the server sees exactly the pixels the budget allows.
+    Light compression: about 3x faster to encode than the default for some 25% more bytes, and the
+    encoding is the app's main cost per page when the server is fast."""
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG")
+    image.convert("RGB").save(buffer, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
