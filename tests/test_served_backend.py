@@ -262,3 +262,17 @@ def test_a_stream_stopped_by_the_caller_stops_the_request(openai_double, page):
     finally:
         loader.close()
     assert seen.is_set() and len(openai_double.requests) == 1  # not retried
+
+
+def test_the_cpu_profile_does_not_shrink_a_servers_budget(openai_double, page):
+    """The app's machine falling back to its CPU profile says nothing about the server's GPU."""
+    loader = served(openai_double, "qwen_vl_2b")
+    try:
+        loader.run("tesseract", page, "text")  # the preflight picks this machine's profile (here: no GPU, CPU)
+        loader.run("qwen_vl_2b", page, "text")
+    finally:
+        loader.close()
+    spec = cached_settings().model("qwen_vl_2b")
+    configured = QwenVLAdapter("qwen_vl_2b", spec, cached_settings().profile).input_size(page.size, RunOptions())
+    assert sent_image(openai_double.requests[0]).size == configured
+    assert openai_double.requests[0].body["max_completion_tokens"] == 2048  # not the CPU profile's 1024

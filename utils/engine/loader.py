@@ -38,6 +38,8 @@ class Loader:
         self._guard = Guard(settings, fallback or with_overlay(settings, CPU_FALLBACK_CONFIG))
         self._lock = threading.Lock()  # one inference at a time: one worker, one device
         self._remote = RemoteModels()  # models on a server: concurrent, outside the worker
+        # A server's GPU is not this machine's: the CPU profile's smaller budgets never apply to it.
+        self._served_settings = settings
 
     @property
     def settings(self) -> Settings:
@@ -66,8 +68,8 @@ class Loader:
             source: str | None = None) -> PageResult:
         """Raises the worker's own exception type for bad input, RequestFailed when recovery gave up.
         A model on a server (`backend: openai`) runs from this thread, at once with others."""
-        if self.settings.model(model).backend == "openai":
-            result = self._remote.run(self.settings, model, image, task, options, on_token)
+        if self._served_settings.model(model).backend == "openai":
+            result = self._remote.run(self._served_settings, model, image, task, options, on_token)
         else:
             with self._lock:
                 result = self._guard.run(model, image, task, options, on_token)
@@ -79,9 +81,9 @@ class Loader:
         """For a model on a server: reachable, model listed, latency (asked at most every 15 s).
         None for a model that runs here. Raises ModelUnavailable when its client cannot be made
         (say, the API key's environment variable is not set)."""
-        if self.settings.model(model).backend != "openai":
+        if self._served_settings.model(model).backend != "openai":
             return None
-        return self._remote.health(self.settings, model)
+        return self._remote.health(self._served_settings, model)
 
     def set_model_path(self, model: str, path: str | None) -> None:
         """Load `model` from a local snapshot folder (None: back to the Hugging Face cache)."""
