@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sqlite3
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,8 +20,9 @@ from models.contract import RunOptions
 from models.qwen_vl import QwenVLAdapter
 from models.registry import adapter_class
 from models.vlm.served import ServedVLM
-from tests.conftest import png_bytes, render_text_page
+from tests.conftest import ROOT, png_bytes, render_text_page
 from tests.openai_double import OpenAIDouble
+from tests.test_batch_cli import finished_pages, wait_for_pages
 from utils.api.app import create_app
 from utils.config import ConfigError, cached_settings, with_backend
 from utils.documents.reader import open_document
@@ -276,3 +280,36 @@ def test_the_cpu_profile_does_not_shrink_a_servers_budget(openai_double, page):
     configured = QwenVLAdapter("qwen_vl_2b", spec, cached_settings().profile).input_size(page.size, RunOptions())
     assert sent_image(openai_double.requests[0]).size == configured
     assert openai_double.requests[0].body["max_completion_tokens"] == 2048  # not the CPU profile's 1024
+
+
+def test_a_batch_job_sends_pages_concurrently_and_resumes_after_a_kill(openai_double, tmp_path):
+    """`cli.py batch --backend openai`: pages go to the server up to the limit; killed mid-job and run
+    again, every page has exactly one result, its own, in page order."""
+    openai_double.models = ["Qwen/Qwen2-VL-2B-Instruct"]
+    openai_double.delay_s = 0.3
+    openai_double.answer = lambda body: f"page of {sent_size(body)}"
+    pages = [render_text_page([f"Page {n}"], width=600 + 56 * n) for n in range(12)]
+    scan = tmp_path / "twelve.tiff"
+    pages[0].save(scan, format="TIFF", save_all=True, append_images=pages[1:])
+    args = [sys.executable, "cli.py", "batch", str(scan), "--model", "qwen_vl_2b", "--backend", "openai",
+            "--base-url", openai_double.url, "--concurrency", "3", "--out", str(tmp_path / "out"),
+            "--db", str(tmp_path / "r.db"), "--format", "txt"]
+    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_pages(tmp_path / "r.db", 4, first)
+    finally:
+        first.kill()
+        first.wait()
+    done_before = finished_pages(tmp_path / "r.db")
+    assert 4 <= done_before < 12 and openai_double.max_in_flight == 3
+    second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert f"resuming job 1: {done_before} of 12 page(s) already finished" in second.stderr
+    with sqlite3.connect(tmp_path / "r.db") as con:
+        rows = con.execute("SELECT p.page, r.text FROM job_pages p JOIN results r ON r.id = p.result_id "
+                           "ORDER BY p.page").fetchall()
+        results = con.execute("SELECT count(*) FROM results").fetchone()[0]
+    assert [page for page, _ in rows] == list(range(12)) and results == 12  # none lost, none twice
+    widths = [int(text.split()[-1].split("x")[0]) for _, text in rows]
+    assert widths == sorted(widths) and len(set(widths)) == 12  # each page's own answer
+    assert len(openai_double.requests) <= 12 + 3  # at most the pages in flight at the kill were sent twice

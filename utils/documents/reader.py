@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +23,11 @@ ACCEPTED_SUFFIXES = sorted(s.lstrip(".") for s in EXTENSIONS)
 # The per-page pixel limit from config is checked on the header, before any decoding, so PIL's own
 # process-wide guard (which raises at open, before we can name the page) is turned off.
 Image.MAX_IMAGE_PIXELS = None
+
+
+# PDFium is not thread-safe, not even across documents (pypdfium2's documentation): pages are
+# rendered from several threads (batch jobs, pages sent to a model server at once, the HTTP API).
+PDFIUM_LOCK = threading.Lock()
 
 
 class DocumentError(ValueError):
@@ -152,24 +158,26 @@ def _render_pdf_page(doc: Document, index: int) -> Image.Image:
     import pypdfium2 as pdfium
 
     try:
-        pdf = pdfium.PdfDocument(doc.data)
-        try:
-            page = pdf[index]
-            width_pt, height_pt = page.get_size()
-            scale = doc.dpi / 72.0
-            pixels = width_pt * height_pt * scale * scale
-            if pixels > doc.limits.max_page_pixels:
-                # A huge page is rendered smaller rather than refused: the text is still wanted.
-                scale *= (doc.limits.max_page_pixels / pixels) ** 0.5 * 0.99  # pdfium rounds sizes up
-                note = f"page {index + 1} rendered at {scale * 72:.0f} dpi to stay under the pixel limit"
-                if note not in doc.warnings:
-                    doc.warnings.append(note)
-            bitmap = page.render(scale=scale, fill_color=(255, 255, 255, 255))
-            return normalize_image(bitmap.to_pil())
-        finally:
-            pdf.close()
+        with PDFIUM_LOCK:
+            pdf = pdfium.PdfDocument(doc.data)
+            try:
+                page = pdf[index]
+                width_pt, height_pt = page.get_size()
+                scale = doc.dpi / 72.0
+                pixels = width_pt * height_pt * scale * scale
+                if pixels > doc.limits.max_page_pixels:
+                    # A huge page is rendered smaller rather than refused: the text is still wanted.
+                    scale *= (doc.limits.max_page_pixels / pixels) ** 0.5 * 0.99  # pdfium rounds sizes up
+                    note = f"page {index + 1} rendered at {scale * 72:.0f} dpi to stay under the pixel limit"
+                    if note not in doc.warnings:
+                        doc.warnings.append(note)
+                bitmap = page.render(scale=scale, fill_color=(255, 255, 255, 255))
+                image = bitmap.to_pil()
+            finally:
+                pdf.close()
     except pdfium.PdfiumError as exc:
         raise DocumentError(f"{doc.name}: page {index + 1} of the PDF could not be rendered ({_short(exc)})") from None
+    return normalize_image(image)
 
 
 def _short(exc: BaseException) -> str:
@@ -181,7 +189,12 @@ def _open_pdf(name: str, data: bytes, limits: DocumentLimits) -> int:
     import pypdfium2 as pdfium
 
     try:
-        pdf = pdfium.PdfDocument(data)
+        with PDFIUM_LOCK:
+            pdf = pdfium.PdfDocument(data)
+            try:
+                count = len(pdf)
+            finally:
+                pdf.close()
     except pdfium.PdfiumError as exc:
         # PDFium's last-error code can be stale from an earlier document, so read the file itself.
         if b"/Encrypt" in data:
@@ -190,10 +203,6 @@ def _open_pdf(name: str, data: bytes, limits: DocumentLimits) -> int:
         if re.search(rb"/Count\s*0\b", data) and not re.search(rb"/Count\s*[1-9]", data):
             raise DocumentError(f"{name}: the PDF has no pages") from None
         raise DocumentError(f"{name}: the PDF is damaged and cannot be opened ({_short(exc)})") from None
-    try:
-        count = len(pdf)
-    finally:
-        pdf.close()
     if count == 0:
         raise DocumentError(f"{name}: the PDF has no pages")
     return count
