@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+import zipfile
 
 import httpx2
 import psutil
@@ -18,8 +20,9 @@ import cli
 from tests.conftest import ROOT, _free_port, png_bytes, render_text_page
 from utils.api.app import API_KEY_ENV, create_app
 from utils.api.serve import api_key_for, is_loopback
-from utils.config import cached_settings
+from utils.config import cached_settings, with_backend
 from utils.documents.export import PAGE_FIELDS
+from utils.store import Store
 
 SCAN_LINES = ["Invoice number 4521 dated 12 March 2024", "Total amount due: 1 250 roubles"]
 
@@ -30,9 +33,16 @@ def scan_png() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def client():
-    with TestClient(create_app()) as test_client:  # the lifespan makes the loader and closes it
+def client(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("store") / "results.db")
+    with TestClient(create_app(store=store)) as test_client:  # the lifespan makes the loader and closes it
         yield test_client
+
+
+@pytest.fixture(autouse=True)
+def own_store(tmp_path, monkeypatch):
+    """Apps made without a store open the one OCR_STORE_DB names: never the project's own."""
+    monkeypatch.setenv("OCR_STORE_DB", str(tmp_path / "results.db"))
 
 
 def one_line_detail(response) -> str:
@@ -180,6 +190,7 @@ def test_serve_binds_the_loopback_unless_a_key_is_set(monkeypatch, capsys):
 @contextlib.contextmanager
 def served_api(env: dict[str, str]):
     port = _free_port()
+    env = {"OCR_STORE_DB": os.path.join(tempfile.mkdtemp(prefix="api_store_"), "results.db"), **env}
     process = subprocess.Popen([sys.executable, "cli.py", "serve", "--port", str(port)], cwd=ROOT,
                                env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -222,3 +233,83 @@ def test_cli_serve_answers_over_http(scan_png):
         process.wait(timeout=20)
         assert "Application shutdown complete" in process.stderr.read().decode()
         assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def wait_for_job(client, job_id: int, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] not in ("pending", "running") and not job["running_here"]:
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+
+
+def test_a_batch_job_over_http(client, scan_png):
+    other = png_bytes(render_text_page(["Second document, page one", "Receipt 77"]))
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.writestr("inner/third.png", png_bytes(render_text_page(["Third document inside a zip"])))
+        archive.writestr("notes.txt", "not a document")
+    uploads = [("scan.png", scan_png), ("second.png", other), ("bundle.zip", bundle.getvalue())]
+    started = client.post("/v1/jobs", data={"model": "tesseract"}, files=[("files", u) for u in uploads])
+    assert started.status_code == 202, started.text
+    job = started.json()
+    assert job["total"] == 3 and job["notes"] == ["bundle.zip: notes.txt: skipped (not an image or PDF)"]
+    assert [d["name"] for d in job["documents"]] == ["scan.png", "second.png", "bundle/inner/third.png"]
+    job = wait_for_job(client, job["id"])
+    assert (job["status"], job["done"], job["errors"], job["pending"]) == ("done", 3, 0, 0)
+    results = client.get(f"/v1/jobs/{job['id']}/results").json()
+    texts = {d["file"]: d["pages"][0]["text"] for d in results["documents"]}
+    assert "Invoice number 4521" in texts["scan.png"] and "Third document" in texts["bundle/inner/third.png"]
+    assert tuple(results["documents"][0]["pages"][0]) == PAGE_FIELDS
+    archive = client.get(f"/v1/jobs/{job['id']}/zip?formats=txt")
+    assert archive.status_code == 200 and archive.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as files:
+        assert "summary.csv" in files.namelist() and "scan/scan_p1_tesseract.txt" in files.namelist()
+
+
+@pytest.mark.parametrize("form,files,status,expected", [
+    ({"model": "nope"}, [("files", ("a.png", "SCAN"))], 400, "unknown model 'nope'"),
+    ({"model": "tesseract", "task": "markdown"}, [("files", ("a.png", "SCAN"))], 400, "does not do 'markdown'"),
+    ({"model": "tesseract"}, [("files", ("empty.png", b""))], 400, "empty.png: the file is empty"),
+    ({"model": "tesseract"}, [], 422, "files: Field required"),
+])
+def test_a_bad_job_request_gets_4xx_and_one_line(client, scan_png, form, files, status, expected):
+    files = [(field, (name, scan_png if data == "SCAN" else data)) for field, (name, data) in files]
+    response = client.post("/v1/jobs", data=form, files=files or None)
+    assert response.status_code == status and expected in one_line_detail(response)
+
+
+def test_unknown_jobs_and_formats_are_one_line(client):
+    assert client.get("/v1/jobs/999").status_code == 404
+    assert one_line_detail(client.get("/v1/jobs/999/results")) == "no job 999"
+    assert client.post("/v1/jobs/999/resume").status_code == 404
+
+
+def test_a_job_cut_short_by_a_shutdown_is_resumed(openai_double, tmp_path):
+    """Stopping the API leaves a job's unfinished pages pending; another start resumes it, and every
+    page ends with one result."""
+    openai_double.models = ["Qwen/Qwen2-VL-2B-Instruct"]
+    openai_double.delay_s = 0.4
+    settings = with_backend(cached_settings(), "qwen_vl_2b", "openai", openai_double.url, concurrency=1)
+    pages = [render_text_page([f"Page {n}"]) for n in range(6)]
+    tiff = io.BytesIO()
+    pages[0].save(tiff, format="TIFF", save_all=True, append_images=pages[1:])
+    store = Store(tmp_path / "results.db")
+    with TestClient(create_app(settings, store=store)) as first:
+        job_id = first.post("/v1/jobs", data={"model": "qwen_vl_2b"},
+                            files=[("files", ("six.tiff", tiff.getvalue()))]).json()["id"]
+        deadline = time.monotonic() + 30
+        while first.get(f"/v1/jobs/{job_id}").json()["done"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    stopped = store.jobs.counts(job_id)
+    assert store.jobs.get(job_id).status == "cancelled" and 0 < stopped.done < 6
+    with TestClient(create_app(settings, store=store)) as second:
+        assert second.post(f"/v1/jobs/{job_id}/resume").status_code == 202
+        job = wait_for_job(second, job_id)
+        results = second.get(f"/v1/jobs/{job_id}/results").json()["documents"][0]["pages"]
+    assert (job["status"], job["done"]) == ("done", 6)
+    assert [p["page"] for p in results] == [1, 2, 3, 4, 5, 6]
+    assert store.count() == 6  # none stored twice

@@ -28,6 +28,7 @@ from utils.config import ConfigError, cached_settings, with_backend
 from utils.documents.reader import open_document
 from utils.engine.loader import Loader, ModelUnavailable
 from utils.engine.runner import run_pages
+from utils.store import Store
 
 LINES = ["Invoice number 4521 dated 12 March 2024", "Total amount due: 1 250 roubles"]
 
@@ -238,10 +239,10 @@ def test_cli_ocr_runs_a_model_through_a_server_url(openai_double, page, tmp_path
     assert "--base-url and --concurrency need --backend openai" in capsys.readouterr().err
 
 
-def test_the_api_lists_a_served_models_health(openai_double):
+def test_the_api_lists_a_served_models_health(openai_double, tmp_path):
     openai_double.models = ["Qwen/Qwen2-VL-2B-Instruct"]
     settings = with_backend(cached_settings(), "qwen_vl_2b", "openai", openai_double.url)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, store=Store(tmp_path / "results.db"))) as client:
         models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
     served_model = models["qwen_vl_2b"]
     assert served_model["backend"] == "openai" and served_model["server"]["ok"]

@@ -1,6 +1,7 @@
 """The HTTP API: OCR for other programs, on the same loader and page runner as the UI and the CLI.
 
-GET /health, GET /v1/models, POST /v1/ocr; OpenAPI docs at /docs. When an API key is configured
+GET /health, GET /v1/models, POST /v1/ocr, batch jobs under /v1/jobs (utils/api/jobs.py); OpenAPI
+docs at /docs. When an API key is configured
 (the OCR_API_KEY environment variable; `cli.py serve` insists on one off the loopback interface),
 every /v1 route wants it as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Every error is
 one line in `{"detail": ...}`, never a traceback.
@@ -20,16 +21,20 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.contract import TASKS, Block, RunOptions
+from utils.api import jobs
 from utils.api.limits import FORM_OVERHEAD, UploadLimit
 from utils.config import Settings, cached_settings
 from utils.documents.export import page_json
 from utils.documents.reader import DocumentError, open_document, parse_page_selection
 from utils.engine.loader import Loader, ModelStatus, ModelUnavailable
 from utils.engine.runner import run_pages
+from utils.jobs.background import JobThreads
 from utils.messages import one_line
+from utils.store import Store
 
 API_KEY_ENV = "OCR_API_KEY"
 MB = 1024 * 1024
+JOB_STOP_WAIT_S = 30  # at shutdown, for the pages in hand to finish and be stored
 
 
 # ---- response schemas (what /docs shows) ------------------------------------------------------
@@ -116,24 +121,34 @@ LoaderDep = Annotated[Loader, Depends(current_loader)]
 
 # ---- the app ----------------------------------------------------------------------------------
 
-def create_app(settings: Settings | None = None, loader: Loader | None = None, api_key: str | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, loader: Loader | None = None, api_key: str | None = None,
+               store: Store | None = None) -> FastAPI:
     """`loader`: one to use (its owner closes it); by default the app makes one at start-up and
-    closes it at shutdown. `api_key`: required on /v1 routes when given."""
+    closes it at shutdown. `api_key`: required on /v1 routes when given. `store`: the results store
+    batch jobs use (default: store.path in config.yaml, opened at start-up)."""
     settings = settings or (loader.settings if loader is not None else cached_settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.loader = loader or Loader(settings)
+        app.state.store = store or Store.from_settings(settings)
+        app.state.job_threads = JobThreads()
         try:
             yield
         finally:
+            for thread in app.state.job_threads.values():  # each finishes the page in hand; the rest stays pending
+                thread.stop.set()
+            for thread in app.state.job_threads.values():
+                thread.join(JOB_STOP_WAIT_S)
             if loader is None:
                 app.state.loader.close()
 
     app = FastAPI(title="ChatVLMLLM OCR API", version="1", lifespan=lifespan,
                   description="Document OCR with classic engines and vision-language models.")
-    limit_mb = settings.documents.max_file_mb
-    app.add_middleware(UploadLimit, max_bytes=int(limit_mb * MB) + FORM_OVERHEAD, limit_text=f"{limit_mb:g} MB")
+    limit_mb, job_mb = settings.documents.max_file_mb, max(settings.documents.max_file_mb, settings.store.max_files_mb)
+    # A job's uploads together may be as large as what the store keeps of them; one document as one file.
+    app.add_middleware(UploadLimit, max_bytes=int(limit_mb * MB) + FORM_OVERHEAD, limit_text=f"{limit_mb:g} MB",
+                       wider={"/v1/jobs": (int(job_mb * MB) + FORM_OVERHEAD, f"{job_mb:g} MB")})
     _one_line_errors(app)
 
     def authorised(request: Request) -> None:
@@ -211,6 +226,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
         return {"documents": [{"file": document.name, "error": "; ".join(errors) or None, "pages": results}],
                 "recovery_events": events}
 
+    app.include_router(jobs.router(secured))
     return app
 
 
