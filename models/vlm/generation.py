@@ -269,7 +269,7 @@ def cut_at_unit_boundary(text: str, unit_text: str) -> str | None:
     return None
 
 
-def _window(settings: LoopGuardOptions, span: int) -> int:
+def loop_window(settings: LoopGuardOptions, span: int) -> int:
     """Tokens of tail the guard needs to judge every period up to max_period."""
     return max(settings.max_period * settings.min_repeats, span, settings.fill_span) + settings.max_period
 
@@ -285,7 +285,7 @@ def make_loop_guard(prompt_length: int, settings: LoopGuardOptions, max_new_toke
     earliest = max(span, 2 * settings.min_repeats)  # fewer tokens cannot hold a loop either rule sees
     if decode is not None:
         earliest = min(earliest, settings.fill_span)
-    window = _window(settings, span)
+    window = loop_window(settings, span)
 
     class LoopGuard(StoppingCriteria):
         def __init__(self):

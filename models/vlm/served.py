@@ -21,7 +21,7 @@ from PIL import Image
 
 from models.contract import Availability, PageResult, RunOptions, TokenCallback
 from models.registry import ModelSpec, served_model_name
-from models.vlm.generation import LoopGuardOptions, find_loop, general_span, settle_output, token_cap
+from models.vlm.generation import LoopGuardOptions, find_loop, general_span, loop_window, settle_output, token_cap
 from models.vlm.layout_parsing import strip_special_tokens
 from models.vlm.server import Completion, ServerClient, ServerHealth, image_data_url
 
@@ -40,6 +40,9 @@ class StreamLoopGuard:
     def __init__(self, settings: LoopGuardOptions, max_new_tokens: int):
         self.settings = settings
         self.span = general_span(settings, max_new_tokens)
+        # As in-process: nothing shorter can hold a loop, and only the tail needs looking at.
+        self.earliest = min(max(self.span, 2 * settings.min_repeats), settings.fill_span)
+        self.window = loop_window(settings, self.span)
         self.ids: list[int] = []
         self._id_of: dict[str, int] = {}
         self._piece_of: list[str] = []
@@ -61,7 +64,9 @@ class StreamLoopGuard:
         if len(pieces) <= len(self.ids):  # a retried request streams from the start again
             self.ids = []
         self.ids += self.ids_of(pieces[len(self.ids):])
-        found = find_loop(self.ids, self.settings, self.span, self.decode)
+        if len(self.ids) < self.earliest:
+            return False
+        found = find_loop(self.ids[-self.window:], self.settings, self.span, self.decode)
         if found is None:
             return False
         self.period = found[0]

@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -89,7 +89,6 @@ class Completion:
     finish_reason: str  # "stop", "length", or "stopped" when stop_when ended it
     attempts: int
     url: str
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
