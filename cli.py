@@ -22,9 +22,10 @@ from pathlib import Path
 
 from models.contract import TASKS, RunOptions
 from utils.config import ConfigError, Settings, cached_settings, with_backend
-from utils.documents.export import document_text, page_json
+from utils.documents.export import document_text, failed_page_json, page_json
 from utils.documents.reader import DocumentError, open_document, open_path
 from utils.engine.loader import Loader
+from utils.engine.runner import PageOutcome, run_pages
 from utils.messages import one_line
 
 
@@ -77,6 +78,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outcome_json(outcome: PageOutcome) -> dict:
+    """A page of a run: its result's fields, or only page, model, task and the page's error."""
+    if outcome.result is not None:
+        return page_json(outcome.result)
+    return failed_page_json(outcome.page, outcome.key.model, outcome.key.task, outcome.error)
+
+
 def cmd_ocr(args: argparse.Namespace) -> int:
     settings = settings_with_model_path(cached_settings(), args.model, args.model_path)
     settings = settings_with_backend(settings, args, args.model)
@@ -91,24 +99,31 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     documents = []
     try:
         for file in args.files:
-            entry = {"file": file, "error": None, "pages": []}
+            entry: dict = {"file": file, "error": None, "pages": []}
             documents.append(entry)
             results = []
+            name = Path(file).name
             try:
                 document = open_path(file, settings.documents)
-                for index, image in document.pages(args.pages):
-                    print(f"{Path(file).name}: page {index + 1}/{document.page_count} with {args.model}…",
-                          file=sys.stderr)
-                    result = loader.run(args.model, image, args.task, page=index, source=document.name)
-                    result.warnings = document.warnings + result.warnings
-                    results.append(result)
+                selection = document.select(args.pages)
+
+                def started(done: int, total: int, index: int, name: str = name,
+                            count: int = document.page_count) -> None:
+                    print(f"{name}: page {index + 1}/{count} with {args.model}…", file=sys.stderr)
+
+                for outcome in run_pages(loader, document, selection.indices, args.model, args.task,
+                                         on_page=started, warnings=selection.warnings):
+                    entry["pages"].append(_outcome_json(outcome))
+                    if outcome.result is not None:
+                        results.append(outcome.result)
+                    else:
+                        print(f"error: {outcome.error}", file=sys.stderr)
             except DocumentError as exc:
                 entry["error"] = one_line(exc)
             except Exception as exc:  # every failure is reported per document; the others still run
-                entry["error"] = f"{Path(file).name}: {one_line(exc)}"
+                entry["error"] = f"{name}: {one_line(exc)}"
             if entry["error"]:
                 print(f"error: {entry['error']}", file=sys.stderr)
-            entry["pages"] = [page_json(r) for r in results]
             if results and args.out:
                 target = Path(args.out) / f"{Path(file).stem}.{args.format}"
                 if args.format == "pdf":
@@ -128,7 +143,8 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     if args.format == "json" and not args.out:
         json.dump({"documents": documents, "recovery_events": events}, sys.stdout, ensure_ascii=False, indent=2)
         print()
-    return 1 if any(d["error"] for d in documents) else 0
+    failed = any(d["error"] or any(p["error"] for p in d["pages"]) for d in documents)
+    return 1 if failed else 0
 
 
 def _models_over_folder(args: argparse.Namespace, settings: Settings) -> list[str]:
@@ -155,7 +171,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                              f"{', '.join(settings.models[model].tasks)}")
 
     def progress(model: str, number: int, total: int, doc) -> None:
-        state = f"error: {doc.error}" if doc.error else f"CER {doc.cer:.1%}, {len(doc.pages)} page(s)"
+        state = f"error: {doc.error}" if doc.error else f"CER {doc.cer:.1%}, {len(doc.pages)} page(s)" + (
+            f", {doc.page_errors} failed" if doc.page_errors else "")
         print(f"eval {model} {number}/{total} {doc.file}: {state}", file=sys.stderr)
 
     loader = Loader(settings)
@@ -170,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"no ground truth, not evaluated: {', '.join(report.missing_truth)}", file=sys.stderr)
     else:
         print(format_report(report))
-    failed = any(m.error or any(d.error for d in m.documents) for m in report.models)
+    failed = any(m.error or any(d.error or d.page_errors for d in m.documents) for m in report.models)
     return 1 if failed else 0
 
 
@@ -189,7 +206,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_report(report))
     for path in write_outputs(report, Path(args.out)):
         print(f"wrote {path}", file=sys.stderr)
-    return 1 if any(row.error for row in report.rows) or report.document_errors else 0
+    failed = any(row.error or row.page_errors for row in report.rows) or report.document_errors
+    return 1 if failed else 0
 
 
 def cmd_reparse(args: argparse.Namespace) -> int:

@@ -113,15 +113,15 @@ def test_page_dpi_from_the_image_or_the_pdf_page():
     png = io.BytesIO()
     Image.new("RGB", (600, 300), "white").save(png, format="PNG", dpi=(300, 300))
     image_doc = open_document("a.png", png.getvalue())
-    assert page_dpi(image_doc, 0, image_doc.render(0)) == pytest.approx(300, abs=0.5)
+    assert page_dpi(image_doc, 0, image_doc.render(0).image) == pytest.approx(300, abs=0.5)
     plain = io.BytesIO()
     Image.new("RGB", (600, 300), "white").save(plain, format="PNG")
     plain_doc = open_document("b.png", plain.getvalue())
-    assert page_dpi(plain_doc, 0, plain_doc.render(0)) == 200
+    assert page_dpi(plain_doc, 0, plain_doc.render(0).image) == 200
     from tests.test_documents import make_pdf
 
     pdf = open_document("r.pdf", make_pdf(1), dpi=150)
-    assert page_dpi(pdf, 0, pdf.render(0)) == pytest.approx(150, rel=0.01)
+    assert page_dpi(pdf, 0, pdf.render(0).image) == pytest.approx(150, rel=0.01)
 
 
 def test_layout_blocks_are_cut_into_lines_and_text_without_boxes_is_spread_down_the_page():

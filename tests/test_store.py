@@ -121,7 +121,7 @@ def test_delete_and_document_results_take_the_newest_of_each_page(store):
 def test_page_image_is_the_page_the_boxes_refer_to(store):
     pdf = open_document("report.pdf", make_pdf(2), dpi=100)
     key = ResultKey(digest=pdf.digest, page=1, model="tesseract", task="text")
-    image = pdf.render(1)
+    image = pdf.render(1).image
     result = page_result("page 2", page=1)
     result.width, result.height = image.size
     stored = store.get(store.save(key, result, pdf))

@@ -24,8 +24,8 @@ from models.contract import TASKS, Block, RunOptions
 from utils.api import jobs
 from utils.api.limits import FORM_OVERHEAD, UploadLimit
 from utils.config import Settings, cached_settings
-from utils.documents.export import page_json
-from utils.documents.reader import DocumentError, open_document, parse_page_selection
+from utils.documents.export import failed_page_json, page_json
+from utils.documents.reader import DocumentError, open_document
 from utils.engine.loader import Loader, ModelStatus, ModelUnavailable
 from utils.engine.runner import run_pages
 from utils.jobs.background import JobThreads
@@ -40,26 +40,29 @@ JOB_STOP_WAIT_S = 30  # at shutdown, for the pages in hand to finish and be stor
 # ---- response schemas (what /docs shows) ------------------------------------------------------
 
 class PageJSON(BaseModel):
+    """A page's result; a page that failed has only page, model, task and error (the rest null)."""
+
     page: int = Field(description="1-based page number")
     model: str
     task: str
-    text: str
-    markdown: str
-    blocks: list[Block] = Field(description="regions with boxes in the original page's pixels")
-    raw: str = Field(description="a VLM's own output before parsing (empty for classic engines)")
-    device: str
+    text: str | None
+    markdown: str | None
+    blocks: list[Block] | None = Field(description="regions with boxes in the original page's pixels")
+    raw: str | None = Field(description="a VLM's own output before parsing (empty for classic engines)")
+    device: str | None
     dtype: str | None
-    profile: str
-    seconds: float
+    profile: str | None
+    seconds: float | None
     load_seconds: float | None
     tokens: int | None
-    truncated: bool
-    warnings: list[str]
+    truncated: bool | None
+    warnings: list[str] | None
+    error: str | None = Field(description="why this page has no result, in one line")
 
 
 class DocumentJSON(BaseModel):
     file: str
-    error: str | None = Field(description="one line per failed page, joined by '; '; null when every page succeeded")
+    error: str | None = Field(description="why the document could not be read (the API answers 4xx instead)")
     pages: list[PageJSON]
 
 
@@ -189,7 +192,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
             pages: Annotated[str | None, Form(description='pages like "1-3,7"; default: all')] = None,
             prompt: Annotated[str | None, Form(description="the question, for task 'prompt'")] = None) -> dict:
         """Recognise one document: the same JSON as `cli.py ocr --format json`. A page that fails has
-        its one-line reason in the document's `error`; the other pages still have results."""
+        its one-line reason in its `error`; the other pages still have results."""
         model = model or loader.default_model()
         if model is None:
             raise HTTPException(503, "no model is available; GET /v1/models says why")
@@ -208,23 +211,21 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
             status = 413 if len(data) > limit_mb * MB else 400
             raise HTTPException(status, one_line(exc)) from None
         try:
-            indices = parse_page_selection(pages, document.page_count)
-        except ValueError as exc:
-            raise HTTPException(400, f"{document.name}: {one_line(exc)}") from None
+            selection = document.select(pages)
+        except DocumentError as exc:
+            raise HTTPException(400, one_line(exc)) from None
         since = datetime.now(UTC)
         options = RunOptions(prompt=prompt) if task == "prompt" else RunOptions()
-        results, errors = [], []
+        found = []
         try:
-            for outcome in run_pages(loader, document, indices, model, task, options):
-                if outcome.result is not None:
-                    results.append(page_json(outcome.result))
-                else:
-                    errors.append(outcome.error or f"page {outcome.page + 1}: no result")
+            for outcome in run_pages(loader, document, selection.indices, model, task, options,
+                                     warnings=selection.warnings):
+                found.append(page_json(outcome.result) if outcome.result is not None else
+                             failed_page_json(outcome.page, model, task, outcome.error))
         except ModelUnavailable as exc:
             raise HTTPException(503, one_line(exc)) from None
         events = [e.model_dump(mode="json") for e in loader.recovery_events() if e.time >= since]
-        return {"documents": [{"file": document.name, "error": "; ".join(errors) or None, "pages": results}],
-                "recovery_events": events}
+        return {"documents": [{"file": document.name, "error": None, "pages": found}], "recovery_events": events}
 
     app.include_router(jobs.router(secured))
     return app

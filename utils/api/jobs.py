@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from models.contract import TASKS, RunOptions
-from utils.documents.export import page_json
+from utils.documents.export import failed_page_json, page_json
 from utils.engine.loader import Loader
 from utils.jobs.background import JobThreads
 from utils.jobs.engine import create_job, prepare
@@ -142,15 +142,16 @@ def router(dependencies: list[Any]) -> APIRouter:
 
     @api.get("/{job_id}/results")
     def results(job_id: int, store: StoreDep) -> dict:
-        """Every page finished so far, per document and model, as `cli.py ocr --format json` reports pages."""
+        """Every page finished so far, per document and model, as `cli.py ocr --format json` reports
+        pages (a failed page with its error)."""
         job = _job(store, job_id)
         entries: dict[tuple[int, str], dict] = {}
         names = {d.position: d.name for d in store.jobs.documents(job_id)}
         for page in store.jobs.pages(job_id):
             entry = entries.setdefault((page.position, page.model), {
-                "file": names[page.position], "model": page.model, "errors": [], "pages": []})
+                "file": names[page.position], "model": page.model, "pages": []})
             if page.status == "error":
-                entry["errors"].append(f"page {page.page + 1}: {page.error}")
+                entry["pages"].append(failed_page_json(page.page, page.model, job.task, page.error))
             elif page.status == "done" and page.result_id is not None:
                 stored = store.get(page.result_id)
                 if stored is not None:

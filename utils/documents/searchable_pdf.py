@@ -146,7 +146,7 @@ def document_pdf(document: Document, results: Sequence[PageResult]) -> bytes:
     pages = []
     for result in results:
         index = result.page or 0
-        image = document.render(index)
+        image = document.render(index).image
         if result.width and result.height and image.size != (result.width, result.height):
             image = image.resize((result.width, result.height))  # boxes are in the pixels it ran on
         pages.append(PdfPage(image, result, page_dpi(document, index, image)))

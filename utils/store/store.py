@@ -382,7 +382,7 @@ class Store:
         if document is None:
             return None
         try:
-            image = document.render(stored.key.page)
+            image = document.render(stored.key.page).image
         except DocumentError:
             return None
         size = (stored.result.width, stored.result.height)
