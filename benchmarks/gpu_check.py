@@ -31,7 +31,8 @@ from utils.engine.runner import run_pages  # noqa: E402
 from utils.messages import one_line  # noqa: E402
 from utils.quality import metrics  # noqa: E402
 from utils.quality.benchmark import MemorySampler, gpu_memory_reader  # noqa: E402
-from utils.quality.evaluation import find_items, read_truth  # noqa: E402
+from utils.quality.evaluation import find_items  # noqa: E402
+from utils.quality.scoring import reference_parts  # noqa: E402
 
 VLMS = ("qwen_vl_2b", "qwen3_vl_2b", "dots_ocr")
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "images"
@@ -73,7 +74,7 @@ def measure(loader: Loader, model: str, data: Path, limit: int, task: str = "tex
                 continue
             try:
                 document = open_path(item.document, loader.settings.documents)
-                truths = read_truth(item.truth)
+                truths = reference_parts(item.truth.read_text(encoding="utf-8"))
             except (DocumentError, OSError, UnicodeDecodeError) as exc:
                 row.errors.append(f"{item.document.name}: {one_line(exc)}")
                 continue
