@@ -97,7 +97,8 @@ def test_unusable_gpu_starts_on_the_cpu_profile_with_an_event(monkeypatch):
     monkeypatch.setattr(preflight, "run", unusable_gpu)
     loader = Loader(settings_with("auto"))
     try:
-        assert loader.profile_name == "cpu_fallback"
+        loader.wait_for_preflight()
+        assert loader.profile_name == "cpu"
         [event] = loader.recovery_events()
         assert event.kind == "preflight" and "cu128" in event.detail
         info = loader.system_info()
@@ -110,7 +111,8 @@ def test_no_gpu_starts_on_the_cpu_profile_without_an_event(monkeypatch):
     monkeypatch.setattr(gpu, "snapshot", lambda: gpu.NvmlSnapshot(note="no NVIDIA GPU found"))
     loader = Loader(settings_with("auto"))
     try:
-        assert loader.profile_name == "cpu_fallback" and loader.recovery_events() == []
+        loader.wait_for_preflight()
+        assert loader.profile_name == "cpu" and loader.recovery_events() == []
         assert loader.system_info().fallback_reason.startswith("no NVIDIA GPU")
     finally:
         loader.close()

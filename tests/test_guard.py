@@ -19,11 +19,11 @@ from models.contract import PageResult, RunOptions
 from tests.conftest import ROOT, render_text_page
 from utils.config import Settings, cached_settings
 from utils.engine import fault_injection, gpu, preflight
-from utils.engine.fault_injection import FaultInjector
 from utils.engine.guard import RequestFailed
 from utils.engine.loader import Loader
 from utils.engine.pool import ModelUnavailable
-from utils.engine.worker import Outcome, Reply, _serve, await_reply, classify, image_from, send_image
+from utils.engine.protocol import Reply, classify, image_from, send_image
+from utils.engine.worker import Outcome, _serve, await_reply
 
 LINES = ["Invoice number 4521 dated 12 March 2024", "Total amount due: 1 250 roubles"]
 
@@ -177,11 +177,11 @@ def test_no_kernel_image_switches_to_the_cpu_profile_for_good(make_loader, scan)
     loader = make_loader("no_kernel_image")
     result = loader.run("tesseract", scan)
     assert_read(result)
-    assert result.profile == loader.profile_name == "cpu_fallback"
+    assert result.profile == loader.profile_name == "cpu"
     [event] = loader.recovery_events()
     assert event.kind == "unsupported_arch" and event.profile == "default"
     assert "CPU profile" in event.action and "PyTorch build" in event.detail
-    assert loader.run("tesseract", scan).profile == "cpu_fallback"
+    assert loader.run("tesseract", scan).profile == "cpu"
     assert loader.system_info().fallback_reason
 
 
@@ -232,7 +232,7 @@ def test_repeated_fatal_errors_switch_to_the_cpu_profile(make_loader, scan):
     loader = make_loader("device_assert", fatal_limit=1)
     result = loader.run("tesseract", scan)
     assert_read(result)
-    assert result.profile == "cpu_fallback"
+    assert result.profile == "cpu"
     [event] = loader.recovery_events()
     assert event.kind == "cuda_fatal" and "CPU profile" in event.action
 
@@ -246,7 +246,7 @@ def test_lost_gpu_switches_to_the_cpu_profile(make_loader, scan, monkeypatch):
     loader = make_loader("illegal_address")
     result = loader.run("tesseract", scan)
     assert_read(result)
-    assert result.profile == "cpu_fallback"
+    assert result.profile == "cpu"
     [event] = loader.recovery_events()
     assert event.kind == "gpu_lost" and "NVML no longer shows the GPU" in event.detail
 
@@ -329,7 +329,7 @@ class StreamingPool:
 def test_streamed_tokens_reach_the_caller_as_they_arrive(monkeypatch):
     monkeypatch.delenv(fault_injection.ENV, raising=False)
     parent, child = Pipe()
-    worker = threading.Thread(target=_serve, args=(child, StreamingPool(), FaultInjector(None, print)))
+    worker = threading.Thread(target=_serve, args=(child, StreamingPool()))
     worker.start()
     fields = dict(model="fake", task="text", options=RunOptions(), stream=True)
     try:
