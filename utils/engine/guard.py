@@ -84,6 +84,8 @@ class SystemInfo(BaseModel):
     fell_back: bool = False  # a GPU fault or an unusable GPU caused it, not simply the lack of a GPU
     workers: list[WorkerInfo]
     last_lane: str | None = None  # the lane of the latest request
+    fault_injection: str | None = None  # OCR_FAULT_INJECT's kind, when set
+    faults_left: int = 0  # requests it will still fault
 
     @property
     def _last(self) -> WorkerInfo | None:
@@ -319,13 +321,14 @@ class Guard:
             on_token(text)
 
         while True:
+            fault = self._faults.take()  # first: a bad OCR_FAULT_INJECT fails the request before a worker starts
             worker = self._running_worker(lane)
             guard = self.settings.guard
             timeout = self.settings.model(model).timeout_s or (
                 guard.request_timeout_s + (0 if model in worker.resident else guard.load_timeout_s))
             # A retry streams only if nothing was streamed yet: the caller must not see the text twice.
             outcome = worker.request(model, image, task, options, forward if on_token and not streamed else None,
-                                     timeout, fault=self._faults.take())
+                                     timeout, fault)
             action = None
             if outcome.kind not in ("ok", "error"):
                 event, action, failures = self._recover(lane, model, task, options, outcome, failures)
@@ -392,7 +395,7 @@ class Guard:
         return SystemInfo(preflight=None if checking else self._preflight, profile=self.profile_name,
                           device=self.settings.profile.device, fallback_reason=self._fallback_reason,
                           fell_back=self._fell_back, workers=[lane.info() for lane in self._lanes.values()],
-                          last_lane=self._last_lane)
+                          last_lane=self._last_lane, fault_injection=self._faults.kind, faults_left=self._faults.left)
 
     def healthy(self) -> bool:
         """False only once closed: a dead worker is replaced at the next request."""
