@@ -31,6 +31,7 @@ from utils.messages import one_line
 FATAL_EXIT_CODE = 70
 STOP_GRACE_S = 3.0
 
+
 @dataclass
 class Outcome:
     """What one request came to: a Reply's kind, or "hang" / "died" when none came."""
