@@ -87,19 +87,18 @@ class SystemInfo(BaseModel):
     fault_injection: str | None = None  # OCR_FAULT_INJECT's kind, when set
     faults_left: int = 0  # requests it will still fault
 
-    @property
-    def _last(self) -> WorkerInfo | None:
+    def last_worker(self) -> WorkerInfo | None:
+        """The worker that took the latest request."""
         return next((w for w in self.workers if w.lane == self.last_lane), None)
 
     @property
     def worker_pid(self) -> int | None:
-        """The process of the worker that took the latest request."""
-        last = self._last
+        last = self.last_worker()
         return last.pid if last else None
 
     @property
     def worker_state(self) -> str:
-        last = self._last
+        last = self.last_worker()
         return last.state if last else "not started"
 
     @property
