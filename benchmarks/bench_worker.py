@@ -36,7 +36,9 @@ def load_pages(folder: Path, limit: int | None) -> list[tuple[str, Image.Image]]
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS and p.suffix.lower() != ".pdf")
     pages = []
     for path in files[:limit]:
-        for index, image in open_path(path).pages():
+        document = open_path(path)
+        for index in range(document.page_count):
+            image = document.render(index).image
             pages.append((f"{path.name}#{index + 1}", image))
     return pages
 

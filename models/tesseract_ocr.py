@@ -4,8 +4,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +27,34 @@ BLOCK_CATEGORIES = {
     1: "Text", 2: "Text", 3: "Text", 4: "Section-header", 5: "Text", 6: "Table", 7: "Text",
     8: "Picture", 9: "Picture", 10: "Picture", 11: "Formula", 12: "Formula", 13: "Other", 14: "Other",
 }
+
+# Tesseract keeps coordinates in 16-bit integers: recognition fails ("No image set?") once a side
+# reaches 32,768 px. A taller page is read in strips, a wider one scaled down.
+MAX_SIDE = 32767
+STRIP_OVERLAP = 512  # px shared by neighbouring strips, so a line at a strip's edge is whole in one of them
+CUT_WINDOW = 4096  # each strip ends at the emptiest row of this band, so cuts fall between lines
+
+
+def plan_strips(height: int, ink: Callable[[int, int], np.ndarray], limit: int = MAX_SIDE,
+                overlap: int = STRIP_OVERLAP, window: int = CUT_WINDOW) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, own_top, own_bottom) of each strip: a strip reads rows top..bottom and keeps the
+    lines whose middle lies in own_top..own_bottom; own bands tile the page without overlap.
+
+    `ink(lo, hi)` counts the dark pixels of each row in lo..hi; a cut goes at the emptiest row of
+    the last `window` rows that still leave `overlap` rows below it (the lowest such row on ties).
+    """
+    strips = []
+    top = own_top = 0
+    while True:
+        bottom = min(top + limit, height)
+        if bottom == height:
+            strips.append((top, bottom, own_top, height))
+            return strips
+        lo, hi = max(own_top + 1, bottom - window), bottom - overlap
+        counts = ink(lo, hi)
+        cut = lo + len(counts) - 1 - int(np.argmin(counts[::-1]))
+        strips.append((top, bottom, own_top, cut))
+        top, own_top = cut - overlap, cut
 
 
 class TesseractOptions(BaseModel):
@@ -74,35 +104,96 @@ class TesseractAdapter(ModelAdapter):
         self.dtype = None
 
     def run(self, image: Image.Image, task: str, options: RunOptions, on_token=None):
-        tesserocr = self._tesserocr
         started = time.perf_counter()
-        api = self._api
-        api.SetImage(image)
-        api.Recognize()
-        text = api.GetUTF8Text().strip()
-        level = tesserocr.RIL.BLOCK if task == "layout" else tesserocr.RIL.TEXTLINE
+        width, height = image.size
+        warnings = []
+        scale = 1.0
+        if width > MAX_SIDE:
+            scale = MAX_SIDE / width
+            image = image.resize((MAX_SIDE, max(1, round(height * scale))), Image.Resampling.LANCZOS)
+            warnings.append(f"the page is {width:,} px wide, over Tesseract's limit of {MAX_SIDE:,} px a side: "
+                            f"read scaled down to {image.width:,}x{image.height:,} px")
+        if image.height > MAX_SIDE:
+            strips = plan_strips(image.height, lambda lo, hi: _dark_pixels_per_row(image, lo, hi))
+            text, blocks = self._read_strips(image, task, strips)
+            warnings.append(f"the page is {image.height:,} px tall, over Tesseract's limit of {MAX_SIDE:,} px a side: "
+                            f"read in {len(strips)} overlapping strips")
+        else:
+            text, blocks = self._read(image, task)
+        if scale != 1.0:
+            blocks = [b.model_copy(update={"bbox": tuple(v / scale for v in b.bbox)}) for b in blocks]
+        return self.result(task, text=text, markdown=text, blocks=blocks, seconds=time.perf_counter() - started,
+                           width=width, height=height, warnings=warnings)
+
+    def _recognize(self, image: Image.Image) -> None:
+        self._api.SetImage(image)
+        self._api.Recognize()
+
+    def _items(self, level: int, task: str, dy: int = 0) -> list[tuple[Block, bool]]:
+        """The recognised items at `level`, moved down by dy, each with whether it starts a paragraph."""
+        tesserocr = self._tesserocr
+        items: list[tuple[Block, bool]] = []
+        iterator = self._api.GetIterator()
+        if iterator is None:
+            return items
+        for item in tesserocr.iterate_level(iterator, level):
+            box = item.BoundingBox(level)
+            if box is None:
+                continue
+            content = (item.GetUTF8Text(level) or "").strip()
+            category = BLOCK_CATEGORIES.get(item.BlockType(), "Text") if task == "layout" else "Line"
+            if not content and category == "Text":
+                continue
+            x1, y1, x2, y2 = (float(v) for v in box)
+            block = Block(bbox=(x1, y1 + dy, x2, y2 + dy), category=category, text=content,
+                          score=round(item.Confidence(level) / 100.0, 4))
+            items.append((block, bool(item.IsAtBeginningOf(tesserocr.RIL.PARA))))
+        return items
+
+    def _level(self, task: str) -> int:
+        return self._tesserocr.RIL.BLOCK if task == "layout" else self._tesserocr.RIL.TEXTLINE
+
+    def _read(self, image: Image.Image, task: str) -> tuple[str, list[Block]]:
+        self._recognize(image)
+        text = self._api.GetUTF8Text().strip()
+        blocks = [block for block, _ in self._items(self._level(task), task)]
+        self._api.Clear()
+        return text, blocks
+
+    def _read_strips(self, image: Image.Image, task: str,
+                     strips: list[tuple[int, int, int, int]]) -> tuple[str, list[Block]]:
+        """Each strip recognised on its own; an item belongs to the strip whose own band holds its middle.
+        The text is rebuilt from the kept lines: a blank line between paragraphs, as Tesseract writes it."""
+        def own(block: Block, own_top: int, own_bottom: int) -> bool:
+            return own_top <= (block.bbox[1] + block.bbox[3]) / 2 < own_bottom
+
+        parts: list[str] = []
         blocks: list[Block] = []
-        iterator = api.GetIterator()
-        if iterator is not None:
-            for item in tesserocr.iterate_level(iterator, level):
-                box = item.BoundingBox(level)
-                if box is None:
-                    continue
-                content = (item.GetUTF8Text(level) or "").strip()
-                category = BLOCK_CATEGORIES.get(item.BlockType(), "Text") if task == "layout" else "Line"
-                if not content and category == "Text":
-                    continue
-                blocks.append(Block(bbox=tuple(float(v) for v in box), category=category, text=content,
-                                    score=round(item.Confidence(level) / 100.0, 4)))
-        api.Clear()
-        return self.result(task, text=text, markdown=text, blocks=blocks,
-                           seconds=time.perf_counter() - started, width=image.width, height=image.height)
+        for top, bottom, own_top, own_bottom in strips:
+            self._recognize(image.crop((0, top, image.width, bottom)))
+            lines = [(b, starts) for b, starts in self._items(self._tesserocr.RIL.TEXTLINE, "text", top)
+                     if own(b, own_top, own_bottom)]
+            for line, starts_paragraph in lines:
+                if parts:
+                    parts.append("\n\n" if starts_paragraph else "\n")
+                parts.append(line.text)
+            if task == "layout":
+                blocks += [b for b, _ in self._items(self._level(task), task, top) if own(b, own_top, own_bottom)]
+            else:
+                blocks += [b for b, _ in lines]
+            self._api.Clear()
+        return "".join(parts).strip(), blocks
 
     def close(self) -> None:
         api = getattr(self, "_api", None)
         if api is not None:
             api.End()
             self._api = None
+
+
+def _dark_pixels_per_row(image: Image.Image, lo: int, hi: int) -> np.ndarray:
+    band = np.asarray(image.crop((0, lo, image.width, hi)).convert("L"))
+    return (band < 128).sum(axis=1)
 
 
 ADAPTER = TesseractAdapter

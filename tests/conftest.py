@@ -90,10 +90,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_app():
-    """`streamlit run app.py` on a free local port, healthy before it is handed out."""
+def serve_app(env: dict[str, str] | None = None):
+    """`streamlit run app.py` on a free local port, healthy before it is handed out; `env` is added to
+    the server's environment."""
     port = _free_port()
-    env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false", **(env or {}))
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],

@@ -28,10 +28,10 @@ class _Strict(BaseModel):
 
 
 class DocumentLimits(_Strict):
-    pdf_dpi: int = Field(200, ge=36, le=600)
-    max_file_mb: float = Field(100, gt=0)
-    max_page_pixels: int = Field(80_000_000, gt=0)
-    max_pages: int = Field(300, gt=0)
+    pdf_dpi: int = Field(default=200, ge=36, le=600)
+    max_file_mb: float = Field(default=100, gt=0)
+    max_page_pixels: int = Field(default=80_000_000, gt=0)
+    max_pages: int = Field(default=300, gt=0)
 
 
 class GuardSettings(_Strict):
@@ -46,9 +46,18 @@ class GuardSettings(_Strict):
     oom_token_steps: list[PositiveInt] = Field(default_factory=lambda: [2048, 1024, 512])
 
 
+class StoreSettings(_Strict):
+    """The results store: a SQLite file, and the kept source documents (for page images) beside it."""
+
+    path: str = "data/results.db"  # relative paths are under the project folder
+    files_dir: str | None = None  # None: "files" beside the database
+    max_files_mb: float = Field(default=2048, ge=0)  # kept documents beyond this are dropped, least recently used first
+
+
 class Settings(_Strict):
     default_models: list[str]
     documents: DocumentLimits = DocumentLimits()
+    store: StoreSettings = StoreSettings()
     profile: Profile = Profile()
     guard: GuardSettings = GuardSettings()
     models: dict[str, ModelSpec]
