@@ -142,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
         loader = Loader(with_fault_models(settings, Path(work) / "device_assert_taken"))
         try:
+            loader.wait_for_preflight()  # it runs in the background from the loader's start
             info = loader.system_info()
-            if not info.preflight.cuda_usable:
-                print(f"no usable CUDA GPU here ({info.preflight.reason}): nothing to check")
+            if info.preflight is None or not info.preflight.cuda_usable:
+                reason = info.preflight.reason if info.preflight else "no preflight result"
+                print(f"no usable CUDA GPU here ({reason}): nothing to check")
                 return 0
             if not args.data.is_dir():
                 parser.error(f"--data {args.data}: not a directory")
