@@ -5,6 +5,7 @@ import streamlit as st
 
 from pages.ui.common import get_loader, model_catalog, model_label
 from pages.ui.model_setup import weights_controls
+from pages.ui.servers import health_caption
 from utils.config import ConfigError
 from utils.engine import gpu
 from utils.engine.loader import CHECKING
@@ -27,6 +28,7 @@ def sidebar() -> None:
         availability = by_name[name].availability
         if availability.available:
             st.caption(f"Ready · {availability.reason}")
+            health_caption(name)
         else:
             st.error(f"{availability.status}: {availability.reason}")
             if availability.fix:

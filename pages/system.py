@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.ui.common import get_loader, require_app_shell
+from pages.ui.servers import health_table
 from utils.engine import gpu, machine
 from utils.engine.guard import RecoveryEvent, SystemInfo
 from utils.engine.preflight import PreflightResult
@@ -132,6 +133,7 @@ def main() -> None:
     overview(info)
     this_machine()
     workers(info)
+    health_table()
     gpu_section(info.preflight)
     recovery_log(loader.recovery_events())
 
