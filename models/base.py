@@ -22,6 +22,9 @@ class ModelAdapter(Generic[OptionsT]):
 
     Options: ClassVar[type[BaseModel]] = NoOptions
     supported_tasks: ClassVar[tuple[str, ...]] = ("text",)
+    # A classic engine that never uses a GPU and loads in a moment: it runs in a worker of its own,
+    # kept resident, so it never waits behind a GPU model.
+    cpu_engine: ClassVar[bool] = False
 
     def __init__(self, name: str, spec: ModelSpec, profile: Profile):
         self.name = name
@@ -30,6 +33,12 @@ class ModelAdapter(Generic[OptionsT]):
         self.options: OptionsT = self.Options.model_validate(spec.options)  # type: ignore[assignment]
         self.device = "cpu"
         self.dtype: str | None = None
+
+    @classmethod
+    def served(cls) -> type[ModelAdapter] | None:
+        """The variant of this adapter that runs the model on an OpenAI-compatible server
+        (`backend: openai`), or None when the model can only run in-process."""
+        return None
 
     @classmethod
     def availability(cls, spec: ModelSpec) -> Availability:

@@ -49,6 +49,7 @@ class PageResult(BaseModel):
     text: str = ""
     markdown: str = ""
     blocks: list[Block] = Field(default_factory=list)
+    raw: str = ""  # the model's own output before parsing (VLMs), for re-parsing without a rerun
     model: str
     task: str
     device: str = "cpu"

@@ -1,34 +1,43 @@
 """rednote-hilab/dots.ocr: layout + text of a page in one pass, through its own remote code.
 
 The remote code is trusted for this entry only, and only from a local snapshot directory (the HF
-cache snapshot or local_path), never fetched. It was written for transformers 4.51; running it on
-transformers 5 needs five fixes, each applied here and tested in tests/test_dots_ocr.py:
+cache snapshot or local_path), never fetched. It was written for transformers 4.51; each fix below
+is applied here and tested in tests/test_dots_ocr.py:
 
 1. a snapshot directory named with a period (`dots.ocr`) becomes the dynamic module's package
    name, and the period breaks the import: the snapshot is exposed under a period-free link;
-2. modeling_dots_vision.py imports flash_attn unconditionally: while loading, a stub module
-   stands in when flash-attn is not installed, and the vision tower is configured for sdpa;
-3. the vision forward casts pixels to bfloat16 (`bf16=True`), which fails against fp32 (CPU) or
-   fp16 weights: the loaded tower's forward is wrapped to cast pixels to the tower's own dtype;
+2. modeling_dots_vision.py imports flash_attn unconditionally: while loading, a stand-in module
+   provides `flash_attn_varlen_func` when flash-attn is not installed (see 7);
+3. the vision forward casts pixels to bfloat16 (`bf16=True`), which fails against fp32 (CPU)
+   weights: the loaded tower's forward is wrapped to cast pixels to the tower's own dtype;
 4. configuration_dots.py calls `AutoProcessor.register` with a string key, which some
    transformers 5 releases reject: string keys are skipped while loading (the processor is built
-   here from the snapshot's tokenizer, image-processor config and chat template instead);
-5. its prepare_inputs_for_generation keys "first step" on cache_position, which transformers 5
-   no longer passes, so pixels would be re-encoded at every decode step and fail the image-token
-   count check: pixel_values are dropped after the first step.
+   here from the snapshot's tokenizer and image-processor config instead);
+5. its prepare_inputs_for_generation indexes `cache_position[0]`, which transformers 5 no longer
+   passes to remote code whose forward does not take it (TypeError before generation starts): the
+   method is replaced by the base Qwen2 preparation, with pixels on the step that holds the image
+   tokens only;
+6. the prompt is framed as dots.ocr's own vLLM demo and ms-swift's template frame it,
+   `<|user|><|img|><|imgpad|><|endofimg|>{prompt}<|endofuser|><|assistant|>`, never through the
+   snapshot's chat template (a string-only template fails on list content);
+7. vision memory: the published sdpa attention builds a dense N x N boolean mask on every layer
+   (N = pixels / 196 patches): 57,600 patches at the 11.29 MP cap is 3.3 GB of mask, and a boolean
+   mask keeps SDPA off its flash kernel, so the bias it builds from it (bf16) adds 6.6 GB more;
+   an A4 page at 200 dpi (19,740 patches) is 0.4 + 0.8 GB. Instead the tower runs its flash-attn
+   path, whose `flash_attn_varlen_func` is real flash-attn where it has kernels, else
+   `varlen_attention` below: SDPA per image without any mask (q, k, v of one image at the cap:
+   3 x 57,600 x 1536 x 2 bytes = 0.53 GB, nothing N x N);
+8. fp16 is refused: the language model is Qwen2 (bf16-trained, inf/nan in fp16).
 """
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import importlib.machinery
 import importlib.util
 import inspect
-import json
 import re
 import sys
-import time
 import types
 from pathlib import Path
 from typing import Literal
@@ -36,49 +45,43 @@ from typing import Literal
 from PIL import Image
 from pydantic import Field, model_validator
 
-from models.base import ModelAdapter
-from models.contract import Availability, RunOptions, TokenCallback
-from models.qwen_vl import fit_to_budget
-from models.registry import ModelSpec
-from models.vlm import weights
-from models.vlm.generation import (
-    VLMOptions,
-    choose_attention,
-    choose_dtype,
-    cuda_bf16_supported,
-    generate_text,
-    pick_device,
-    token_cap,
-)
+from models.contract import RunOptions
+from models.vlm.base import LoadPlan, Parsed, Size, VLMAdapter, fit_to_budget
+from models.vlm.generation import VLMOptions
+from models.vlm.layout_parsing import blocks_to_text, dots_blocks_to_markdown, parse_dots_layout, strip_special_tokens
 
-# The official prompt modes (dots_ocr/utils/prompts.py).
+# The official prompt modes (dots_ocr/utils/prompts.py), verbatim.
 PROMPT_MODES = {
-    "prompt_layout_all_en": """Please output the layout information from the PDF image, including each layout element's bbox, its category, and the corresponding text content within the bbox.
-
-1. Bbox format: [x1, y1, x2, y2]
-
-2. Layout Categories: The possible categories are ['Caption', 'Footnote', 'Formula', 'List-item', 'Page-footer', 'Page-header', 'Picture', 'Section-header', 'Table', 'Text', 'Title'].
-
-3. Text Extraction & Formatting Rules:
-    - Picture: For the 'Picture' category, the text field should be omitted.
-    - Formula: Format its text as LaTeX.
-    - Table: Format its text as HTML.
-    - All Others (Text, Title, etc.): Format their text as Markdown.
-
-4. Constraints:
-    - The output text must be the original text from the image, with no translation.
-    - All layout elements must be sorted according to human reading order.
-
-5. Final Output: The entire output must be a single JSON object.
-""",
-    "prompt_layout_only_en": """Please output the layout information from this PDF image, including each layout's bbox and its category. The bbox should be in the format [x1, y1, x2, y2]. The layout categories for the PDF document include ['Caption', 'Footnote', 'Formula', 'List-item', 'Page-footer', 'Page-header', 'Picture', 'Section-header', 'Table', 'Text', 'Title']. Do not output the corresponding text. The layout result should be in JSON format.""",
-    "prompt_ocr": """Extract the text content from this image.""",
-    "prompt_grounding_ocr": """Extract text from the given bounding box on the image (format: [x1, y1, x2, y2]).\nBounding Box:\n""",
+    'prompt_layout_all_en': (
+        "Please output the layout information from the PDF image, including each layout element's bbox, its "
+        'category, and the corresponding text content within the bbox.\n\n1. Bbox format: [x1, y1, x2, y2]\n\n2. '
+        "Layout Categories: The possible categories are ['Caption', 'Footnote', 'Formula', 'List-item', "
+        "'Page-footer', 'Page-header', 'Picture', 'Section-header', 'Table', 'Text', 'Title'].\n\n3. Text "
+        "Extraction & Formatting Rules:\n    - Picture: For the 'Picture' category, the text field should be "
+        'omitted.\n    - Formula: Format its text as LaTeX.\n    - Table: Format its text as HTML.\n    - All '
+        'Others (Text, Title, etc.): Format their text as Markdown.\n\n4. Constraints:\n    - The output text '
+        'must be the original text from the image, with no translation.\n    - All layout elements must be '
+        'sorted according to human reading order.\n\n5. Final Output: The entire output must be a single JSON '
+        'object.\n'
+    ),
+    'prompt_layout_only_en': (
+        "Please output the layout information from this PDF image, including each layout's bbox and its "
+        'category. The bbox should be in the format [x1, y1, x2, y2]. The layout categories for the PDF '
+        "document include ['Caption', 'Footnote', 'Formula', 'List-item', 'Page-footer', 'Page-header', "
+        "'Picture', 'Section-header', 'Table', 'Text', 'Title']. Do not output the corresponding text. The "
+        'layout result should be in JSON format.'
+    ),
+    'prompt_ocr': (
+        'Extract the text content from this image.'
+    ),
+    'prompt_grounding_ocr': (
+        'Extract text from the given bounding box on the image (format: [x1, y1, x2, y2]).\nBounding Box:\n'
+    ),
 }
 TASK_MODES = {"text": "prompt_ocr", "layout": "prompt_layout_all_en", "markdown": "prompt_layout_all_en"}
 UNIT = 28  # patch 14, merge 2
 IMAGE_TOKEN = "<|imgpad|>"
-FALLBACK_FRAMING = "<|user|><|img|><|imgpad|><|endofimg|>{prompt}<|endofuser|><|assistant|>"
+FRAMING = "<|user|><|img|>{image}<|endofimg|>{prompt}<|endofuser|><|assistant|>"
 # A free prompt that is just a box "[x1, y1, x2, y2]" (page pixels) asks for the text inside it.
 _NUMBER = r"\s*(\d+(?:\.\d+)?)\s*"
 BOX_PROMPT = re.compile(rf"^\s*\[{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}\]\s*$")
@@ -87,8 +90,9 @@ BOX_PROMPT = re.compile(rf"^\s*\[{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}\]\s*$")
 class DotsOCROptions(VLMOptions):
     min_pixels: int = Field(3136, ge=4 * UNIT * UNIT)
     max_pixels: int = Field(11_289_600, ge=4 * UNIT * UNIT)
+    # dots.ocr's own transformers demo allows 24,000 new tokens: a dense page of layout JSON needs them.
     max_new_tokens: dict[str, int] = Field(
-        default_factory=lambda: {"text": 4096, "markdown": 8192, "layout": 8192, "prompt": 2048})
+        default_factory=lambda: {"text": 4096, "markdown": 24000, "layout": 24000, "prompt": 2048})
     layout_prompt: Literal["prompt_layout_all_en", "prompt_layout_only_en"] = "prompt_layout_all_en"
     include_headers_footers: bool = Field(False, description="keep Page-header/Page-footer in markdown")
     link_dir: str | None = Field(None, description="where a period-free link to the snapshot is made; "
@@ -121,16 +125,37 @@ def period_free_dir(snapshot: Path, link_dir: str | None = None) -> Path:
     return link
 
 
-def _flash_attn_stub() -> types.ModuleType:
-    def unavailable(*args, **kwargs):
-        raise RuntimeError("flash-attn is not installed; dots.ocr must run with attention 'sdpa'")
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
+                     dropout_p=0.0, softmax_scale=None, causal=False, **unused):
+    """flash_attn_varlen_func's contract on torch SDPA (fix 7): q, k, v are (total, heads, dim) with the
+    sequences packed one after another at cu_seqlens; each attends only to itself. No mask is built,
+    so SDPA can use its flash or memory-efficient kernel: memory grows with N, not N^2."""
+    import torch
+    import torch.nn.functional as F
 
-    stub = types.ModuleType("flash_attn")
-    stub.__spec__ = importlib.machinery.ModuleSpec("flash_attn", loader=None)
-    stub.__path__ = []
-    stub.__getattr__ = lambda name: unavailable  # any `from flash_attn import X`
-    stub.flash_attn_varlen_func = unavailable
-    return stub
+    if not torch.equal(cu_seqlens_q, cu_seqlens_k):
+        raise ValueError("varlen_attention: only self-attention (the same sequences for q and k) is supported")
+    bounds = cu_seqlens_q.tolist()
+    outputs = []
+    for begin, end in zip(bounds, bounds[1:]):
+        # (1, heads, length, dim): the 4-D layout SDPA's fused kernels take
+        q_i, k_i, v_i = (t[begin:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q_i, k_i, v_i, dropout_p=dropout_p, is_causal=causal,
+                                             scale=softmax_scale)
+        outputs.append(out.squeeze(0).transpose(0, 1))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def _flash_attn_stand_in() -> types.ModuleType:
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("flash-attn is not installed; only flash_attn_varlen_func is provided (on SDPA)")
+
+    module = types.ModuleType("flash_attn")
+    module.__spec__ = importlib.machinery.ModuleSpec("flash_attn", loader=None)
+    module.__path__ = []
+    module.__getattr__ = lambda name: unavailable  # type: ignore[method-assign]  # any other `from flash_attn import X`
+    setattr(module, "flash_attn_varlen_func", varlen_attention)  # noqa: B010 (a module built here)
+    return module
 
 
 @contextlib.contextmanager
@@ -138,9 +163,9 @@ def remote_code_guards():
     """Fixes 2 and 4 for the time the remote code is imported; nothing stays behind."""
     from transformers import AutoProcessor
 
-    stub_added = "flash_attn" not in sys.modules and importlib.util.find_spec("flash_attn") is None
-    if stub_added:
-        sys.modules["flash_attn"] = _flash_attn_stub()
+    stand_in = "flash_attn" not in sys.modules and importlib.util.find_spec("flash_attn") is None
+    if stand_in:
+        sys.modules["flash_attn"] = _flash_attn_stand_in()
     original_register = AutoProcessor.register
 
     def register(config_class, processor_class, exist_ok=False):
@@ -148,13 +173,22 @@ def remote_code_guards():
             return  # a string is not a config class; this adapter builds its processor itself
         return original_register(config_class, processor_class, exist_ok=exist_ok)
 
-    AutoProcessor.register = staticmethod(register)
+    AutoProcessor.register = staticmethod(register)  # type: ignore[method-assign]
     try:
         yield
     finally:
-        AutoProcessor.register = staticmethod(original_register)
-        if stub_added:
+        AutoProcessor.register = staticmethod(original_register)  # type: ignore[method-assign]
+        if stand_in:
             sys.modules.pop("flash_attn", None)
+
+
+def attend_without_mask(tower) -> None:
+    """Fix 7 for a loaded tower on its flash-attn path: its module calls varlen_attention, whatever
+    flash_attn it imported."""
+    modules = {inspect.getmodule(type(block.attn)) for block in tower.blocks}
+    for module in modules:
+        if module is not None and hasattr(module, "flash_attn_varlen_func"):
+            setattr(module, "flash_attn_varlen_func", varlen_attention)  # noqa: B010 (the remote module)
 
 
 def cast_pixels_to_tower_dtype(tower) -> None:
@@ -168,157 +202,110 @@ def cast_pixels_to_tower_dtype(tower) -> None:
             kwargs["bf16"] = False
         return original(hidden_states.to(dtype), grid_thw, *args, **kwargs)
 
-    tower.forward = forward
+    tower.forward = forward  # the instance's, not the class's
 
 
-def pixels_only_on_prefill(model) -> None:
-    """Fix 5: the remote prepare_inputs_for_generation re-sends pixel_values on every step when the
-    transformers version no longer passes cache_position; the vision features belong to the prompt
-    only, so later steps drop them."""
-    original = model.prepare_inputs_for_generation
+def replace_prepare_inputs(model) -> None:
+    """Fix 5: the base Qwen2 input preparation; pixels go only with the step whose input ids hold the
+    image tokens (the prefill; every step when the cache is off)."""
+    library = next(cls for cls in type(model).__mro__  # the first implementation that is not remote code
+                   if "prepare_inputs_for_generation" in vars(cls) and cls.__module__.startswith("transformers."))
+    base = vars(library)["prepare_inputs_for_generation"].__get__(model)
+    image_token_id = model.config.image_token_id
 
-    def prepare(input_ids, *args, **kwargs):
-        inputs = original(input_ids, *args, **kwargs)
-        first = kwargs.get("is_first_iteration")
-        if first is None:  # transformers without is_first_iteration: a one-token step is a decode step
-            ids = inputs.get("input_ids")
-            first = ids is None or ids.shape[1] > 1
-        if not first:
-            inputs.pop("pixel_values", None)
+    def prepare_inputs_for_generation(input_ids, *args, pixel_values=None, image_grid_thw=None, **kwargs):
+        inputs = base(input_ids, *args, **kwargs)
+        ids = inputs.get("input_ids")
+        if pixel_values is not None and ids is not None and bool((ids == image_token_id).any()):
+            inputs["pixel_values"], inputs["image_grid_thw"] = pixel_values, image_grid_thw
         return inputs
 
-    model.prepare_inputs_for_generation = prepare
+    model.prepare_inputs_for_generation = prepare_inputs_for_generation
 
 
 # ---------------------------------------------------------------- adapter
 
 
-def _chat_template(directory: Path, tokenizer) -> str | None:
-    json_file = directory / "chat_template.json"
-    if json_file.is_file():
-        return json.loads(json_file.read_text()).get("chat_template")
-    jinja_file = directory / "chat_template.jinja"
-    if jinja_file.is_file():
-        return jinja_file.read_text()
-    return getattr(tokenizer, "chat_template", None)
-
-
-class DotsOCRAdapter(ModelAdapter):
+class DotsOCRAdapter(VLMAdapter[DotsOCROptions]):
     Options = DotsOCROptions
-    supported_tasks = ("text", "markdown", "layout", "prompt")
+    packages = ("torch", "transformers", "torchvision")
+    keep_unquantized = ("vision_tower", "lm_head")
 
-    @classmethod
-    def availability(cls, spec: ModelSpec) -> Availability:
-        return weights.availability(spec, packages=("torch", "transformers", "torchvision"))
+    def float16_allowed(self) -> bool:
+        return False  # fix 8
 
-    def load(self) -> None:
-        import torch
+    def load_model(self, path: Path, plan: LoadPlan) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen2VLImageProcessor
 
-        snapshot = weights.model_dir(self.spec)
-        if not snapshot.is_dir():  # trust_remote_code only for a local directory
-            raise FileNotFoundError(f"{snapshot} is not a local snapshot directory")
-        path = period_free_dir(snapshot, self.options.link_dir)
-        self.device = pick_device(self.profile.device)
-        if self.device == "cpu" and self.profile.threads:
-            torch.set_num_threads(self.profile.threads)
-        self.dtype, dtype_notes = choose_dtype(self.options.dtype or self.profile.dtype, device=self.device,
-                                               bf16_supported=cuda_bf16_supported())
-        attention, attention_notes = choose_attention(self.options.attention, self.device)
-        self.load_warnings = dtype_notes + attention_notes
+        if not path.is_dir():  # trust_remote_code only for a local directory
+            raise FileNotFoundError(f"{path} is not a local snapshot directory")
+        path = period_free_dir(path, self.options.link_dir)
         with remote_code_guards():
             config = AutoConfig.from_pretrained(path, trust_remote_code=True, local_files_only=True)
             vision = config.vision_config
             if isinstance(vision, dict):
-                vision["attn_implementation"] = attention
+                vision["attn_implementation"] = "flash_attention_2"
             else:
-                vision.attn_implementation = attention
+                vision.attn_implementation = "flash_attention_2"  # fix 7: the varlen path, never a mask
             self._model = AutoModelForCausalLM.from_pretrained(
-                path, config=config, trust_remote_code=True, local_files_only=True,
-                dtype=getattr(torch, self.dtype), attn_implementation=attention,
-                device_map=self.device if self.device == "cuda" else None).eval()
+                path, config=config, trust_remote_code=True, **self.from_pretrained_kwargs(plan)).eval()
             # AutoTokenizer reads config.json too, which names the remote config class.
             self._tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True, local_files_only=True)
-        cast_pixels_to_tower_dtype(self._model.vision_tower)
-        pixels_only_on_prefill(self._model)
-        self._image_processor = Qwen2VLImageProcessor.from_pretrained(path, local_files_only=True)
-        self._template = _chat_template(path, self._tokenizer)
+        tower = self._model.vision_tower
+        if plan.attention != "flash_attention_2":  # no usable flash-attn here
+            attend_without_mask(tower)
+        cast_pixels_to_tower_dtype(tower)
+        replace_prepare_inputs(self._model)
+        self._processor = Qwen2VLImageProcessor.from_pretrained(path, local_files_only=True)
         image_token_id = self._tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         if image_token_id != self._model.config.image_token_id:
             raise ValueError(f"tokenizer's {IMAGE_TOKEN} is {image_token_id}, the model expects "
                              f"{self._model.config.image_token_id}")
 
-    def prompt_for(self, task: str, run: RunOptions, input_size, page_size) -> str:
-        if task != "prompt":
-            mode = self.options.layout_prompt if task == "layout" else TASK_MODES[task]
-            return PROMPT_MODES[mode]
-        if not run.prompt or not run.prompt.strip():
-            raise ValueError("task 'prompt' needs RunOptions.prompt")
-        box = BOX_PROMPT.match(run.prompt)
+    def input_size(self, page_size: Size, run: RunOptions) -> Size:
+        max_pixels = max(run.max_pixels or self.options.max_pixels, 4 * UNIT * UNIT)
+        return fit_to_budget(*page_size, UNIT, min(self.options.min_pixels, max_pixels), max_pixels)
+
+    def task_prompt(self, task: str) -> str:
+        mode = self.options.layout_prompt if task == "layout" else TASK_MODES[task]
+        return PROMPT_MODES[mode]
+
+    def free_prompt(self, prompt: str, input_size: Size, page_size: Size) -> str:
+        """A prompt that is just a box in page pixels asks for the text inside it (prompt_grounding_ocr,
+        the box in input pixels)."""
+        box = BOX_PROMPT.match(prompt)
         if box is None:
-            return run.prompt
+            return prompt
         sx, sy = input_size[0] / page_size[0], input_size[1] / page_size[1]
         x1, y1, x2, y2 = (float(v) for v in box.groups())
         coords = [round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)]
         return PROMPT_MODES["prompt_grounding_ocr"] + str(coords)
 
-    def render_prompt(self, prompt: str) -> str:
-        """The model's own chat template; its fixed framing when the template shows no image slot."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        if self._template:
-            text = self._tokenizer.apply_chat_template(messages, chat_template=self._template, tokenize=False,
-                                                       add_generation_prompt=True)
-            if text.count(IMAGE_TOKEN) == 1:
-                return text
-        return FALLBACK_FRAMING.format(prompt=prompt)
-
-    def prepare(self, image: Image.Image, task: str, run: RunOptions):
-        max_pixels = max(run.max_pixels or self.options.max_pixels, 4 * UNIT * UNIT)
-        min_pixels = min(self.options.min_pixels, max_pixels)
-        width, height = fit_to_budget(image.width, image.height, UNIT, min_pixels, max_pixels)
-        resized = image.convert("RGB").resize((width, height), Image.BICUBIC)
-        prompt = self.prompt_for(task, run, (width, height), image.size)
-        vision = self._image_processor(images=[resized], do_resize=False, return_tensors="pt")
-        merge = self._image_processor.merge_size
+    def encode(self, image: Image.Image, prompt: str, input_size: Size) -> dict:
+        resized = image.convert("RGB").resize(input_size, Image.Resampling.BICUBIC)
+        vision = self._processor(images=[resized], do_resize=False, return_tensors="pt")
+        merge = self._processor.merge_size
         count = int(vision["image_grid_thw"][0].prod()) // (merge * merge)
-        text = self.render_prompt(prompt).replace(IMAGE_TOKEN, IMAGE_TOKEN * count)
-        encoded = self._tokenizer([text], return_tensors="pt")
+        encoded = self._tokenizer([FRAMING.format(image=IMAGE_TOKEN * count, prompt=prompt)], return_tensors="pt")
         inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
                   "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
         device = self._model.device
-        return {k: v.to(device) for k, v in inputs.items()}, (width, height)
+        return {k: v.to(device) for k, v in inputs.items()}
 
-    def run(self, image: Image.Image, task: str, options: RunOptions,
-            on_token: TokenCallback | None = None):
-        from models.vlm.layout_parsing import blocks_to_text, dots_blocks_to_markdown, parse_dots_layout
+    def served_messages(self, image_url: str, prompt: str) -> list[dict]:
+        """On a vLLM server the text starts with the image markers, as in dots.ocr's own vLLM client:
+        without them vLLM's chat template puts a line break between image and prompt."""
+        return super().served_messages(image_url, f"<|img|>{IMAGE_TOKEN}<|endofimg|>{prompt}")
 
-        if task not in self.supported_tasks:
-            raise ValueError(f"{self.name} does not support task {task!r}")
-        started = time.perf_counter()
-        inputs, input_size = self.prepare(image, task, options)
-        cap = token_cap(task, self.options.max_new_tokens, options.max_new_tokens)
-        out = generate_text(self._model, self._tokenizer, inputs, max_new_tokens=cap,
-                            repetition_penalty=self.options.repetition_penalty,
-                            loop_guard=self.options.loop_guard, on_token=on_token)
-        warnings = list(self.load_warnings) + out.warnings
-        text, markdown, blocks = out.text, out.text, []
-        if task in ("layout", "markdown"):
-            blocks, repairs = parse_dots_layout(out.text, input_size, image.size)
-            warnings += repairs
-            if blocks:
-                text = blocks_to_text(blocks)
-                markdown = dots_blocks_to_markdown(blocks, self.options.include_headers_footers)
-        return self.result(task, text=text, markdown=markdown, blocks=blocks, tokens=out.tokens,
-                           truncated=out.truncated, warnings=warnings, seconds=time.perf_counter() - started,
-                           width=image.width, height=image.height)
-
-    def close(self) -> None:
-        self._model = self._tokenizer = self._image_processor = None
-        gc.collect()
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
+    def parse(self, raw: str, task: str, input_size: Size, page_size: Size) -> Parsed:
+        if task not in ("layout", "markdown"):
+            return super().parse(raw, task, input_size, page_size)
+        blocks, warnings = parse_dots_layout(strip_special_tokens(raw), input_size, page_size)
+        if not blocks:
+            text = strip_special_tokens(raw).strip()
+            return Parsed(text=text, markdown=text, warnings=warnings)
+        markdown = dots_blocks_to_markdown(blocks, self.options.include_headers_footers)
+        return Parsed(text=blocks_to_text(blocks), markdown=markdown, blocks=blocks, warnings=warnings)
 
 
 ADAPTER = DotsOCRAdapter

@@ -4,59 +4,61 @@ One adapter for the family: the entries differ in options (family, pixel budget,
 Pixel budgets are in the model's own unit: 28 px for Qwen2-VL (patch 14, merge 2), 32 px for
 Qwen3-VL (patch 16). The page is resized to multiples of the unit inside [min_pixels, max_pixels]
 (qwen-vl-utils does the resize to the size computed here) and the processor is told not to resize
-again, so the budget in options, or in RunOptions.max_pixels lowered by the guard after an
-OOM, is exactly what the model sees. Sides shorter than one unit are upscaled to one unit
-(qwen-vl-utils' own smart_resize can round a thin side down to 0 px); an aspect ratio above 200:1
-is rejected with a ValueError before it reaches the model.
+again, so the budget in options, or in RunOptions.max_pixels lowered by the guard after an OOM, is
+exactly what the model sees.
+
+Layout: both families ground on a 0..1000 grid relative to the image (Qwen2-VL paper, arXiv
+2409.12191; Qwen3-VL's cookbooks). Qwen2-VL writes boxes with its special tokens,
+<|object_ref_start|>text<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>, so its output is
+decoded with special tokens kept. Qwen3-VL answers its OCR cookbook's text-spotting prompt with a
+[{'bbox_2d': [...], 'text_content': ...}] list, JSON or a Python literal.
 """
 from __future__ import annotations
 
-import gc
 import json
-import math
-import time
+from pathlib import Path
 from typing import Literal
 
 from PIL import Image
 from pydantic import Field, model_validator
 
-from models.base import ModelAdapter
-from models.contract import Availability, RunOptions, TokenCallback
-from models.registry import ModelSpec
-from models.vlm import weights
-from models.vlm.generation import (
-    VLMOptions,
-    choose_attention,
-    choose_dtype,
-    cuda_bf16_supported,
-    generate_text,
-    pick_device,
-    token_cap,
-)
+from models.contract import RunOptions
+from models.vlm.base import LoadPlan, Parsed, Size, VLMAdapter, fit_to_budget
+from models.vlm.generation import VLMOptions
+from models.vlm.layout_parsing import blocks_to_text, parse_qwen_grounding, strip_special_tokens
 
 UNIT = {"qwen2_vl": 28, "qwen3_vl": 32}
-MAX_ASPECT = 200  # qwen-vl-utils' smart_resize refuses more
 MIN_UNITS, MAX_UNITS = 4, 16384  # the range qwen-vl-utils keeps an explicitly sized image in
 TEXT_PROMPT = "Please output only the text content from the image without any additional descriptions or formatting."
-SPOTTING_PROMPT = "Spotting all the text in the image with line-level, and output in JSON format."
+# Qwen2-VL's grounding markup, asked for in its own special tokens (the tokenizer maps them to their ids).
+QWEN2_GROUNDING_PROMPT = (
+    "Find every line of text in the image. For each line, output the line's text as "
+    "<|object_ref_start|>text<|object_ref_end|> followed by its bounding box as "
+    "<|box_start|>(x1,y1),(x2,y2)<|box_end|>, in reading order.")
+# Qwen3-VL's OCR cookbook: line-level text spotting.
+QWEN3_SPOTTING_PROMPT = ("Spotting all the text in the image with line-level, and output in JSON format as "
+                         "[{'bbox_2d': [x1, y1, x2, y2], 'text_content': 'text'}, ...].")
 PROMPTS = {
     "qwen2_vl": {
         "text": TEXT_PROMPT,
         "markdown": ("Convert the document in this image to Markdown: keep headings, lists and tables "
                      "(as Markdown tables) and the reading order. Output only the Markdown."),
-        "layout": SPOTTING_PROMPT,
+        "layout": QWEN2_GROUNDING_PROMPT,
     },
-    "qwen3_vl": {"text": TEXT_PROMPT, "markdown": "qwenvl markdown", "layout": SPOTTING_PROMPT},
+    "qwen3_vl": {"text": TEXT_PROMPT, "markdown": "qwenvl markdown", "layout": QWEN3_SPOTTING_PROMPT},
 }
-# Qwen2-VL spots in the resized input's pixels, Qwen3-VL on a 0..1000 grid.
-COORD_MODE = {"qwen2_vl": "pixels", "qwen3_vl": "relative1000"}
+# Qwen3-VL's cookbook allows 8192 new tokens for a page of text spotting.
+TOKEN_CAPS = {
+    "qwen2_vl": {"text": 2048, "markdown": 4096, "layout": 4096, "prompt": 1024},
+    "qwen3_vl": {"text": 2048, "markdown": 4096, "layout": 8192, "prompt": 1024},
+}
+NO_BOXES = "no text lines with boxes could be parsed from the output; showing it as is"
 
 
 class QwenVLOptions(VLMOptions):
     family: Literal["qwen2_vl", "qwen3_vl"]
     min_pixels: int | None = Field(None, description="default 512 units^2")
     max_pixels: int | None = Field(None, description="default 2048 units^2")
-    coord_mode: Literal["pixels", "relative1000"] | None = Field(None, description="default by family")
     prompts: dict[str, str] = Field(default_factory=dict, description="per-task prompt overrides")
 
     @model_validator(mode="after")
@@ -64,7 +66,8 @@ class QwenVLOptions(VLMOptions):
         unit = UNIT[self.family]
         self.min_pixels = self.min_pixels or 512 * unit * unit
         self.max_pixels = self.max_pixels or 2048 * unit * unit
-        self.coord_mode = self.coord_mode or COORD_MODE[self.family]
+        if "max_new_tokens" not in self.model_fields_set:
+            self.max_new_tokens = dict(TOKEN_CAPS[self.family])
         low, high = MIN_UNITS * unit * unit, MAX_UNITS * unit * unit
         if not low <= self.min_pixels <= self.max_pixels <= high:
             raise ValueError(f"need {low} <= min_pixels <= max_pixels <= {high}, "
@@ -78,79 +81,44 @@ class QwenVLOptions(VLMOptions):
 def pixel_budget(options: QwenVLOptions, run: RunOptions) -> tuple[int, int]:
     """(min_pixels, max_pixels) for this request: RunOptions.max_pixels replaces the configured max
     (within what the pipeline accepts), and a lower max also lowers the min."""
+    assert options.min_pixels is not None and options.max_pixels is not None  # filled by the validator
     unit = UNIT[options.family]
     max_pixels = min(max(run.max_pixels or options.max_pixels, MIN_UNITS * unit * unit), MAX_UNITS * unit * unit)
     return min(options.min_pixels, max_pixels), max_pixels
 
 
-def fit_to_budget(width: int, height: int, unit: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """(width, height) in whole units, aspect kept, area within the budget, no side below one unit."""
-    ratio = max(width, height) / max(1, min(width, height))
-    if ratio > MAX_ASPECT:
-        raise ValueError(f"image {width}x{height} has aspect ratio {ratio:.0f}:1; the Qwen-VL image "
-                         f"pipeline accepts at most {MAX_ASPECT}:1 — crop or split the page")
-    area = width * height
-    if area > max_pixels:
-        scale, snap = math.sqrt(max_pixels / area), math.floor
-    elif area < min_pixels:
-        scale, snap = math.sqrt(min_pixels / area), math.ceil
-    else:
-        scale, snap = 1.0, round
-    w = max(unit, snap(width * scale / unit) * unit)
-    h = max(unit, snap(height * scale / unit) * unit)
-    while w * h > max_pixels and max(w, h) > unit:  # the one-unit floor can overshoot the cap
-        if w >= h:
-            w -= unit
-        else:
-            h -= unit
-    return w, h
-
-
-class QwenVLAdapter(ModelAdapter):
+class QwenVLAdapter(VLMAdapter[QwenVLOptions]):
     Options = QwenVLOptions
-    supported_tasks = ("text", "markdown", "layout", "prompt")
-
-    @classmethod
-    def availability(cls, spec: ModelSpec) -> Availability:
-        return weights.availability(spec, packages=("torch", "transformers", "qwen_vl_utils", "torchvision"))
+    packages = ("torch", "transformers", "qwen_vl_utils", "torchvision")
+    keep_unquantized = ("visual", "lm_head")
 
     @property
     def unit(self) -> int:
         return UNIT[self.options.family]
 
-    def load(self) -> None:
-        import torch
+    def float16_allowed(self) -> bool:
+        return self.options.family != "qwen2_vl"  # Qwen2-VL gives inf/nan in fp16 (transformers PR #33312)
+
+    def load_model(self, path: Path, plan: LoadPlan) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        path = weights.model_dir(self.spec)
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
         if model_type != self.options.family:  # checked before gigabytes are loaded
             raise ValueError(f"options.family is {self.options.family} but {path} holds a {model_type} checkpoint")
-        self.device = pick_device(self.profile.device)
-        if self.device == "cpu" and self.profile.threads:
-            torch.set_num_threads(self.profile.threads)
-        self.dtype, dtype_notes = choose_dtype(self.options.dtype or self.profile.dtype, device=self.device,
-                                               bf16_supported=cuda_bf16_supported(),
-                                               allow_float16=self.options.family != "qwen2_vl")
-        attention, attention_notes = choose_attention(self.options.attention, self.device)
-        self.load_warnings = dtype_notes + attention_notes
         self._processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        self._model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=getattr(torch, self.dtype), attn_implementation=attention, local_files_only=True,
-            device_map=self.device if self.device == "cuda" else None).eval()
+        self._model = AutoModelForImageTextToText.from_pretrained(path, **self.from_pretrained_kwargs(plan)).eval()
+        self._tokenizer = self._processor.tokenizer
 
-    def prompt_for(self, task: str, run: RunOptions) -> str:
-        if task == "prompt":
-            if not run.prompt or not run.prompt.strip():
-                raise ValueError("task 'prompt' needs RunOptions.prompt")
-            return run.prompt
+    def input_size(self, page_size: Size, run: RunOptions) -> Size:
+        return fit_to_budget(*page_size, self.unit, *pixel_budget(self.options, run))
+
+    def task_prompt(self, task: str) -> str:
         return self.options.prompts.get(task) or PROMPTS[self.options.family][task]
 
-    def prepare(self, image: Image.Image, prompt: str, run: RunOptions):
-        """Model inputs and the (width, height) of the resized image the model sees."""
+    def encode(self, image: Image.Image, prompt: str, input_size: Size) -> dict:
         from qwen_vl_utils import process_vision_info
 
-        width, height = fit_to_budget(image.width, image.height, self.unit, *pixel_budget(self.options, run))
+        width, height = input_size
         messages = [{"role": "user", "content": [
             {"type": "image", "image": image.convert("RGB"), "resized_width": width, "resized_height": height},
             {"type": "text", "text": prompt},
@@ -158,40 +126,17 @@ class QwenVLAdapter(ModelAdapter):
         text = self._processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         images, _ = process_vision_info(messages, image_patch_size=self.unit // 2)
         inputs = self._processor(text=[text], images=images, do_resize=False, return_tensors="pt")
-        return inputs.to(self._model.device), images[0].size
+        return inputs.to(self._model.device)
 
-    def run(self, image: Image.Image, task: str, options: RunOptions,
-            on_token: TokenCallback | None = None):
-        from models.vlm.layout_parsing import blocks_to_text, parse_qwen_grounding
-
-        if task not in self.supported_tasks:
-            raise ValueError(f"{self.name} does not support task {task!r}")
-        started = time.perf_counter()
-        prompt = self.prompt_for(task, options)
-        inputs, input_size = self.prepare(image, prompt, options)
-        cap = token_cap(task, self.options.max_new_tokens, options.max_new_tokens)
-        out = generate_text(self._model, self._processor.tokenizer, inputs, max_new_tokens=cap,
-                            repetition_penalty=self.options.repetition_penalty,
-                            loop_guard=self.options.loop_guard, on_token=on_token)
-        warnings = list(self.load_warnings) + out.warnings
-        text, markdown, blocks = out.text, out.text, []
-        if task == "layout":
-            blocks = parse_qwen_grounding(out.text, self.options.coord_mode, input_size, image.size)
-            if blocks:
-                text = markdown = blocks_to_text(blocks)
-            else:
-                warnings.append("no text lines with boxes could be parsed from the output; showing it as is")
-        return self.result(task, text=text, markdown=markdown, blocks=blocks, tokens=out.tokens,
-                           truncated=out.truncated, warnings=warnings, seconds=time.perf_counter() - started,
-                           width=image.width, height=image.height)
-
-    def close(self) -> None:
-        self._model = self._processor = None
-        gc.collect()
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
+    def parse(self, raw: str, task: str, input_size: Size, page_size: Size) -> Parsed:
+        if task != "layout":
+            return super().parse(raw, task, input_size, page_size)
+        blocks = parse_qwen_grounding(raw, "relative1000", input_size, page_size)
+        if not blocks:
+            text = strip_special_tokens(raw).strip()
+            return Parsed(text=text, markdown=text, warnings=[NO_BOXES])
+        text = blocks_to_text(blocks)
+        return Parsed(text=text, markdown=text, blocks=blocks)
 
 
 ADAPTER = QwenVLAdapter

@@ -12,8 +12,11 @@ import importlib.util
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +36,34 @@ BLOCK_CATEGORIES = {
 }
 SINGLE_LINE = 7  # tesserocr.PSM.SINGLE_LINE: how a look-alike word is read again, on its own
 
+# Tesseract keeps coordinates in 16-bit integers: recognition fails ("No image set?") once a side
+# reaches 32,768 px. A taller page is read in strips, a wider one scaled down.
+MAX_SIDE = 32767
+STRIP_OVERLAP = 512  # px shared by neighbouring strips, so a line at a strip's edge is whole in one of them
+CUT_WINDOW = 4096  # each strip ends at the emptiest row of this band, so cuts fall between lines
+
+
+def plan_strips(height: int, ink: Callable[[int, int], np.ndarray], limit: int = MAX_SIDE,
+                overlap: int = STRIP_OVERLAP, window: int = CUT_WINDOW) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, own_top, own_bottom) of each strip: a strip reads rows top..bottom and keeps the
+    lines whose middle lies in own_top..own_bottom; own bands tile the page without overlap.
+
+    `ink(lo, hi)` counts the dark pixels of each row in lo..hi; a cut goes at the emptiest row of
+    the last `window` rows that still leave `overlap` rows below it (the lowest such row on ties).
+    """
+    strips = []
+    top = own_top = 0
+    while True:
+        bottom = min(top + limit, height)
+        if bottom == height:
+            strips.append((top, bottom, own_top, height))
+            return strips
+        lo, hi = max(own_top + 1, bottom - window), bottom - overlap
+        counts = ink(lo, hi)
+        cut = lo + len(counts) - 1 - int(np.argmin(counts[::-1]))
+        strips.append((top, bottom, own_top, cut))
+        top, own_top = cut - overlap, cut
+
 
 class TesseractOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,6 +77,7 @@ class TesseractOptions(BaseModel):
 class TesseractAdapter(ModelAdapter):
     Options = TesseractOptions
     supported_tasks = ("text", "layout")
+    cpu_engine = True
     MAX_EXTRA_ENGINES = 2  # engines for languages a document chose, beyond the configured ones
 
     @classmethod
@@ -98,10 +130,29 @@ class TesseractAdapter(ModelAdapter):
     def run(self, image: Image.Image, task: str, options: RunOptions, on_token=None):
         languages = self.languages_for(options)
         started = time.perf_counter()
-        lines, regions = self._recognise(image, languages, with_regions=task == "layout")
+        width, height = image.size
+        warnings = []
+        scale = 1.0
+        if width > MAX_SIDE:
+            scale = MAX_SIDE / width
+            image = image.resize((MAX_SIDE, max(1, round(height * scale))), Image.Resampling.LANCZOS)
+            warnings.append(f"the page is {width:,} px wide, over Tesseract's limit of {MAX_SIDE:,} px a side: "
+                            f"read scaled down to {image.width:,}x{image.height:,} px")
+        with_regions = task == "layout"
+        if image.height > MAX_SIDE:
+            strips = plan_strips(image.height, lambda lo, hi: _dark_pixels_per_row(image, lo, hi))
+            lines, regions = self._recognise_strips(image, languages, strips, with_regions)
+            warnings.append(f"the page is {image.height:,} px tall, over Tesseract's limit of {MAX_SIDE:,} px a side: "
+                            f"read in {len(strips)} overlapping strips")
+        else:
+            lines, regions = self._recognise(image, languages, with_regions)
         if self.options.script_check:
             self._keep_to_page_script(image, lines, languages)
         lines = [line for line in lines if line.text]
+        if scale != 1.0:
+            lines = [_scaled(line, 1 / scale) for line in lines]
+            regions = [(number, b.model_copy(update={"bbox": tuple(v / scale for v in b.bbox)}))
+                       for number, b in regions]
         if task == "layout":
             blocks = [block.model_copy(update={"text": page_text([line for line in lines if line.block == number])})
                       for number, block in regions]
@@ -109,7 +160,33 @@ class TesseractAdapter(ModelAdapter):
         else:
             blocks = [Block(bbox=line.bbox, category="Line", text=line.text, score=line.score) for line in lines]
         return self.result(task, text=page_text(lines), markdown=to_markdown(lines), blocks=blocks,
-                           seconds=time.perf_counter() - started, width=image.width, height=image.height)
+                           warnings=warnings, seconds=time.perf_counter() - started, width=width, height=height)
+
+    def _recognise_strips(self, image: Image.Image, languages: str, strips: list[tuple[int, int, int, int]],
+                          with_regions: bool) -> tuple[list[Line], list[tuple[int, Block]]]:
+        """Each strip recognised on its own; a line or block belongs to the strip whose own band holds its
+        middle. Block numbers run on across strips."""
+        def own(box: tuple[float, float, float, float], own_top: int, own_bottom: int) -> bool:
+            return own_top <= (box[1] + box[3]) / 2 < own_bottom
+
+        lines: list[Line] = []
+        regions: list[tuple[int, Block]] = []
+        first_block = 0
+        for top, bottom, own_top, own_bottom in strips:
+            strip_lines, strip_regions = self._recognise(image.crop((0, top, image.width, bottom)), languages,
+                                                         with_regions)
+            for line in strip_lines:
+                moved = _scaled(line, 1.0, dy=top)
+                moved.block += first_block
+                if own(moved.bbox, own_top, own_bottom):
+                    lines.append(moved)
+            for number, block in strip_regions:
+                x1, y1, x2, y2 = block.bbox
+                moved_block = block.model_copy(update={"bbox": (x1, y1 + top, x2, y2 + top)})
+                if own(moved_block.bbox, own_top, own_bottom):
+                    regions.append((number + first_block if number >= 0 else -1, moved_block))
+            first_block += 1 + max([line.block for line in strip_lines] + [n for n, _ in strip_regions], default=-1)
+        return lines, regions
 
     def _recognise(self, image: Image.Image, languages: str,
                    with_regions: bool = False) -> tuple[list[Line], list[tuple[int, Block]]]:
@@ -171,10 +248,9 @@ class TesseractAdapter(ModelAdapter):
             return
         api = self._engine(latin)
         api.SetPageSegMode(SINGLE_LINE)
-        api.SetImage(image)
         try:
             for word in foreign:
-                api.SetRectangle(*_padded(word.bbox, image.size))
+                api.SetImage(image.crop(_padded(word.bbox, image.size)))
                 word.text = " ".join(api.GetUTF8Text().split())
         finally:
             api.Clear()
@@ -208,12 +284,24 @@ class TesseractAdapter(ModelAdapter):
 
 
 def _padded(box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """A word's box as (left, top, width, height) with a margin: a little above and below for the
-    accents and descenders, hardly any at the sides so that no neighbour's letters come in."""
+    """A word's box (left, top, right, bottom) with a margin: a little above and below for the accents
+    and descenders, hardly any at the sides so that no neighbour's letters come in."""
     x1, y1, x2, y2 = box
     height = y2 - y1
-    left, top = max(0, int(x1 - 0.05 * height) - 1), max(0, int(y1 - 0.2 * height) - 1)
-    right, bottom = min(size[0], int(x2 + 0.05 * height) + 1), min(size[1], int(y2 + 0.2 * height) + 1)
-    return left, top, right - left, bottom - top
+    return (max(0, int(x1 - 0.05 * height) - 1), max(0, int(y1 - 0.2 * height) - 1),
+            min(size[0], int(x2 + 0.05 * height) + 1), min(size[1], int(y2 + 0.2 * height) + 1))
+
+
+def _scaled(line: Line, factor: float, dy: float = 0.0) -> Line:
+    """The line with its boxes scaled by factor, then moved down by dy."""
+    words = [Word(text=w.text, bbox=(w.bbox[0] * factor, w.bbox[1] * factor + dy, w.bbox[2] * factor,
+                                     w.bbox[3] * factor + dy)) for w in line.words]
+    return replace(line, words=words, size=line.size * factor if line.size else line.size)
+
+
+def _dark_pixels_per_row(image: Image.Image, lo: int, hi: int) -> np.ndarray:
+    band = np.asarray(image.crop((0, lo, image.width, hi)).convert("L"))
+    return (band < 128).sum(axis=1)
+
 
 ADAPTER = TesseractAdapter

@@ -1,5 +1,6 @@
 """Compare page: several models on the same page(s), side by side, with a word diff and, given a
-reference text, CER / WER / keyword recall and accuracy against time. UI only: runs go through the loader."""
+reference text, CER / WER / keyword recall and accuracy against time. UI only: pages run through
+utils.engine.runner.run_pages and are scored by utils.quality.scoring, as in `cli.py eval`."""
 from __future__ import annotations
 
 import html
@@ -7,10 +8,11 @@ import html
 import pandas as pd
 import streamlit as st
 
-from models.contract import RunOptions
+from models.contract import PageResult, ResultKey, RunOptions
 from pages.ui.common import (
     TASK_LABELS,
     UPLOAD_TYPES,
+    TokenView,
     draw_boxes,
     get_loader,
     model_catalog,
@@ -19,9 +21,11 @@ from pages.ui.common import (
     page_image,
     require_app_shell,
 )
-from utils.documents.reader import parse_page_selection
+from utils.documents.reader import Document, DocumentError
+from utils.engine.loader import ModelUnavailable
+from utils.engine.runner import PageOutcome, result_key, run_pages
 from utils.messages import one_line
-from utils.quality import metrics
+from utils.quality import metrics, scoring
 
 REFERENCE = "Reference text"
 DIFF_STYLE = {
@@ -30,50 +34,47 @@ DIFF_STYLE = {
 }
 
 
-def _store() -> dict:
-    # {(document sha256, page index, model, task, prompt): {"result": PageResult | None, "error": str | None}}
+def _store() -> dict[ResultKey, PageOutcome]:
+    # Every (page, model) run in this session, by ResultKey: a result or the page's own error.
     return st.session_state.setdefault("compare_results", {})
 
 
-def _key(digest: str, index: int, model: str, task: str, prompt: str | None) -> tuple:
-    return digest, index, model, task, prompt if task == "prompt" else None
-
-
-def _run_jobs(document, digest: str, jobs: list[tuple[int, str]], task: str, prompt: str | None) -> None:
-    """Run (page, model) jobs one after another, with live progress and streamed tokens."""
+def _run_jobs(document: Document, jobs: dict[str, list[int]], task: str, options: RunOptions) -> None:
+    """Run each model on its pages, one after another, with live progress and streamed tokens."""
     loader = get_loader()
     store = _store()
-    failed = 0
-    with st.status(f"Running {len(jobs)} job(s)…", expanded=True) as status:
+    total = sum(len(pages) for pages in jobs.values())
+    counts = {"done": 0, "failed": 0}
+    with st.status(f"Running {total} job(s)…", expanded=True) as status:
         bar = st.progress(0.0)
-        for done, (index, model) in enumerate(jobs):
-            bar.progress(done / len(jobs), text=f"{model} · page {index + 1} ({done + 1} of {len(jobs)})")
-            live = st.empty()
-            streamed: list[str] = []
+        view = TokenView(st.empty(), tail=2000)
+        for model, pages in jobs.items():
+            def started(done: int, _total: int, index: int, model: str = model) -> None:
+                view.reset()
+                bar.progress(counts["done"] / total,
+                             text=f"{model} · page {index + 1} ({counts['done'] + 1} of {total})")
 
-            def show_token(piece: str) -> None:
-                streamed.append(piece)
-                live.code("".join(streamed)[-2000:], language=None)
-
-            image = page_image(document, index)
-            entry = {"result": None, "error": f"page {index + 1} could not be rendered"}
-            if image is not None:
-                try:
-                    result = loader.run(model, image, task, RunOptions(prompt=prompt), on_token=show_token,
-                                        page=index, source=document.name)
-                    result.warnings = document.warnings + result.warnings
-                    entry = {"result": result, "error": None}
-                except Exception as exc:  # shown in that model's column; the other models still run
-                    entry = {"result": None, "error": one_line(exc)}
-            store[_key(digest, index, model, task, prompt)] = entry
-            live.empty()
-            if entry["error"]:
-                failed += 1
-                st.write(f"✗ {model} · page {index + 1}: {entry['error']}")
-            else:
-                st.write(f"✓ {model} · page {index + 1}: {entry['result'].seconds:.2f} s")
+            try:
+                for outcome in run_pages(loader, document, pages, model, task, options, on_page=started,
+                                         on_token=view):
+                    store[outcome.key] = outcome
+                    counts["done"] += 1
+                    view.placeholder.empty()
+                    if outcome.result is None:
+                        counts["failed"] += 1
+                        st.write(f"✗ {model} · {outcome.error}")
+                    else:
+                        st.write(f"✓ {model} · page {outcome.page + 1}: {outcome.result.seconds:.2f} s")
+            except ModelUnavailable as exc:  # shown for that model; the other models still run
+                for index in pages:
+                    key = result_key(document, index, model, task, options)
+                    store[key] = PageOutcome(key, error=one_line(exc))
+                counts["done"] += len(pages)
+                counts["failed"] += len(pages)
+                st.write(f"✗ {model}: {one_line(exc)}")
         bar.progress(1.0, text="done")
-        status.update(label=f"Ran {len(jobs)} job(s)" + (f", {failed} failed" if failed else ""),
+        failed = counts["failed"]
+        status.update(label=f"Ran {total} job(s)" + (f", {failed} failed" if failed else ""),
                       state="error" if failed else "complete", expanded=False)
 
 
@@ -97,10 +98,10 @@ def _reference_inputs() -> tuple[str, list[str]]:
     return pasted, keyword_list
 
 
-def _reference_for_page(reference: str, indices: list[int], index: int) -> str:
-    """The page's part when the reference has one form-feed-separated part per selected page."""
-    parts = reference.split("\f")
-    return parts[indices.index(index)] if len(parts) == len(indices) > 1 else reference
+def _reference_for_page(reference: str, indices: list[int], index: int, page_count: int) -> str | None:
+    """The part of the reference that this page is scored against (None: no part for it)."""
+    segments, _ = scoring.reference_segments(reference, indices, page_count)
+    return next((segment.reference for segment in segments if index in segment.pages), None)
 
 
 def _timing_line(result) -> str:
@@ -111,14 +112,14 @@ def _timing_line(result) -> str:
     return " · ".join(parts)
 
 
-def _show_column(document, index: int, model: str, label: str, entry: dict | None) -> None:
+def _show_column(document: Document, index: int, model: str, label: str, entry: PageOutcome | None) -> None:
     st.subheader(label)
     if entry is None:
         st.caption("Not run yet on this page.")
-    elif entry["error"]:
-        st.error(entry["error"])
+    elif entry.result is None:
+        st.error(entry.error)
     else:
-        result = entry["result"]
+        result = entry.result
         st.caption(f"{result.device}" + (f" · {result.dtype}" if result.dtype else "") + f" · profile {result.profile}")
         st.markdown(_timing_line(result))
         if result.truncated:
@@ -167,24 +168,23 @@ def _show_diff(texts: dict[str, str], labels: dict[str, str]) -> None:
     st.html(diff_html(texts[a], texts[b]))
 
 
-def _show_scores(outputs: dict[str, str], seconds: dict[str, float], labels: dict[str, str], reference: str,
+def _show_scores(scores: dict[str, scoring.DocumentScore], seconds: dict[str, float], labels: dict[str, str],
                  keywords: list[str]) -> None:
     st.subheader("Accuracy against the reference")
     rows = []
-    for model, text in outputs.items():
-        scores = metrics.score(text, reference, keywords)
-        rows.append({"Model": labels[model], "CER %": round(scores.cer * 100, 2), "WER %": round(scores.wer * 100, 2),
-                     "Keyword recall %": None if scores.keyword_recall is None else round(scores.keyword_recall * 100, 1),
-                     "Bag-of-words F1 %": round(scores.bow_f1 * 100, 1), "Seconds": round(seconds[model], 3)})
+    for model, score in scores.items():
+        rows.append({"Model": labels[model], "CER %": round(score.cer * 100, 2), "WER %": round(score.wer * 100, 2),
+                     "Keyword recall %": None if score.keyword_recall is None else round(score.keyword_recall * 100, 1),
+                     "Bag-of-words F1 %": round(score.bow_f1 * 100, 1), "Seconds": round(seconds[model], 3)})
     table = pd.DataFrame(rows)
     if not keywords:
         table = table.drop(columns=["Keyword recall %"])
     st.table(table.set_index("Model"))
-    for model, text in outputs.items():
-        missed = [word for word, found in metrics.keyword_hits(text, keywords) if not found]
-        if missed:
-            st.caption(f"{labels[model]} missed: {', '.join(missed)}")
+    for model, score in scores.items():
+        if score.keywords_missed:
+            st.caption(f"{labels[model]} missed: {', '.join(score.keywords_missed)}")
     st.caption("Text is normalised first (Unicode NFC, dashes/quotes/ellipsis unified, whitespace folded; case kept). "
+               "CER and WER are the summed edit distance over the summed reference length, as in `cli.py eval`. "
                "Bag-of-words F1 ignores reading order.")
     st.scatter_chart(table, x="Seconds", y="CER %", color="Model", x_label="inference seconds",
                      y_label="CER % (lower is better)", height=260)
@@ -222,27 +222,30 @@ def main() -> None:
     document = open_upload(upload)
     if document is None or task is None:
         return
-    digest = document.digest
     selection = "1"
     if document.page_count > 1:
         selection = st.text_input(f"Pages (of {document.page_count})", "1", key="compare_pages",
                                   help='Like "1-3,7"; empty = all pages')
     try:
-        indices = parse_page_selection(selection, document.page_count)
-    except ValueError as exc:
+        indices = document.select(selection).indices
+    except DocumentError as exc:
         st.error(str(exc))
         return
     reference, keywords = _reference_inputs()
+    options = RunOptions(prompt=prompt)
+
+    def key(index: int, model: str) -> ResultKey:
+        return result_key(document, index, model, task, options)
 
     store = _store()
     if st.button(f"Run {len(models)} models", type="primary", disabled=len(models) < 2, key="compare_run"):
-        jobs = [(i, m) for m in models for i in indices if _key(digest, i, m, task, prompt) not in store]
+        jobs = {m: missing for m in models if (missing := [i for i in indices if key(i, m) not in store])}
         if jobs:
-            _run_jobs(document, digest, jobs, task, prompt)
+            _run_jobs(document, jobs, task, options)
         else:
             st.info("Every chosen model already has a result for these pages; use ↻ Rerun on one to run it again.")
     if rerun in models:
-        _run_jobs(document, digest, [(i, rerun) for i in indices], task, prompt)
+        _run_jobs(document, {rerun: indices}, task, options)
     if len(models) < 2:
         st.info("Pick at least two models to compare.")
     if not models:
@@ -255,28 +258,35 @@ def main() -> None:
     columns = st.columns(len(models))
     for column, model in zip(columns, models):
         with column:
-            _show_column(document, index, model, labels[model], store.get(_key(digest, index, model, task, prompt)))
+            _show_column(document, index, model, labels[model], store.get(key(index, model)))
 
-    page_texts = {m: store[k]["result"].text for m in models
-                  if (k := _key(digest, index, m, task, prompt)) in store and store[k]["result"] is not None}
-    diff_sources = dict(page_texts)
+    results: dict[str, dict[int, PageResult]] = {}
+    for model in models:
+        done = {i: entry.result for i in indices if (entry := store.get(key(i, model))) and entry.result}
+        if done:
+            results[model] = done
+    diff_sources = {m: pages[index].text for m, pages in results.items() if index in pages}
     diff_labels = dict(labels)
-    if reference.strip():
-        diff_sources[REFERENCE] = _reference_for_page(reference, indices, index)
+    page_reference = _reference_for_page(reference, indices, index, document.page_count) \
+        if reference.strip() else None
+    if page_reference is not None:
+        diff_sources[REFERENCE] = page_reference
         diff_labels[REFERENCE] = REFERENCE
     _show_diff(diff_sources, diff_labels)
 
     if reference.strip():
-        outputs, seconds = {}, {}
-        for model in models:
-            entries = [store.get(_key(digest, i, model, task, prompt)) for i in indices]
-            if all(e is not None and e["result"] is not None for e in entries):
-                outputs[model] = "\n".join(e["result"].text for e in entries)
-                seconds[model] = sum(e["result"].seconds for e in entries)
-        if outputs:
-            _show_scores(outputs, seconds, labels, reference, keywords)
-            if len(indices) > 1:
-                st.caption(f"Scored on pages {', '.join(str(i + 1) for i in indices)} joined, against the whole reference.")
+        complete = {m: pages for m, pages in results.items() if len(pages) == len(indices)}
+        if complete:
+            scores = {m: scoring.score_document({i: scoring.scored_text(pages[i]) for i in indices}, reference,
+                                                document.page_count, keywords) for m, pages in complete.items()}
+            seconds = {m: sum(r.seconds for r in pages.values()) for m, pages in complete.items()}
+            _show_scores(scores, seconds, labels, keywords)
+            score = next(iter(scores.values()))
+            for note in score.notes:
+                st.caption(note[:1].upper() + note[1:] + ".")
+            if len(score.segments) > 1:
+                pages = ", ".join(str(s.pages[0] + 1) for s in score.segments)
+                st.caption(f"Pages {pages} each scored against their own part of the reference (split by form feeds).")
         else:
             st.caption("Run the models to score them against the reference.")
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from models.contract import RunOptions
+from models.contract import PageResult, ResultKey, RunOptions
 from pages.ui.common import (
     TASK_LABELS,
     UPLOAD_TYPES,
-    document_key,
+    TokenView,
     draw_boxes,
     get_loader,
     model_catalog,
@@ -18,44 +18,46 @@ from pages.ui.common import (
     require_app_shell,
 )
 from utils.documents.export import FORMATS, document_text, document_zip, page_filename, page_text
-from utils.documents.reader import parse_page_selection
+from utils.documents.reader import Document, DocumentError, PageSelection
+from utils.engine.loader import ModelUnavailable
+from utils.engine.runner import PageOutcome, result_key, run_pages
 from utils.messages import one_line
 
+MAX_ERRORS_SHOWN = 5
 MIME = {"txt": "text/plain", "md": "text/markdown", "json": "application/json"}
 
 
-def _results() -> dict:
-    # {(document key, model, task): {page index: PageResult}} — survives reruns and model switches.
+def _results() -> dict[ResultKey, PageOutcome]:
+    # Every page run in this session, by ResultKey: survives reruns and model switches.
     return st.session_state.setdefault("ocr_results", {})
 
 
-def _run(document, indices, model, task, options) -> None:
-    loader = get_loader()
-    store = _results().setdefault((document_key(document), model, task), {})
+def _same_run(key: ResultKey, like: ResultKey) -> bool:
+    return (key.digest, key.model, key.task, key.variant) == (like.digest, like.model, like.task, like.variant)
+
+
+def _outcomes(like: ResultKey) -> dict[int, PageOutcome]:
+    """{page: outcome} of this document with this model, task and options."""
+    return {key.page: outcome for key, outcome in _results().items() if _same_run(key, like)}
+
+
+def _run(document: Document, selection: PageSelection, model: str, task: str, options: RunOptions) -> None:
+    store = _results()
     progress = st.progress(0.0, text=f"Running {model}…")
-    stream_box = st.empty()
-    for done, index in enumerate(indices):
-        progress.progress(done / len(indices), text=f"{model}: page {index + 1} ({done + 1} of {len(indices)})")
-        image = page_image(document, index)
-        if image is None:
-            return
-        streamed: list[str] = []
+    view = TokenView(st.empty(), tail=3000)
 
-        def show_token(piece: str) -> None:
-            streamed.append(piece)
-            stream_box.code("".join(streamed)[-3000:], language=None)
+    def started(done: int, total: int, index: int) -> None:
+        view.reset()
+        progress.progress(done / total, text=f"{model}: page {index + 1} ({done + 1} of {total})")
 
-        try:
-            result = loader.run(model, image, task, options, on_token=show_token, page=index, source=document.name)
-        except Exception as exc:  # the message is for the user; earlier pages' results are kept
-            progress.empty()
-            stream_box.empty()
-            st.error(f"{document.name}, page {index + 1}: {one_line(exc)}")
-            return
-        result.warnings = document.warnings + result.warnings
-        store[index] = result
-    progress.progress(1.0, text=f"{model}: done")
-    stream_box.empty()
+    try:
+        for outcome in run_pages(get_loader(), document, selection.indices, model, task, options,
+                                 on_page=started, on_token=view, warnings=selection.warnings):
+            store[outcome.key] = outcome  # a failed page keeps its error; the other pages still run
+    except ModelUnavailable as exc:
+        st.error(f"{document.name}: {one_line(exc)}")
+    progress.empty()
+    view.placeholder.empty()
 
 
 def _show_result(document, index, result) -> None:
@@ -83,7 +85,7 @@ def _show_result(document, index, result) -> None:
             st.json(result.model_dump(mode="json"), expanded=1)
 
 
-def _downloads(document, pages: dict) -> None:
+def _downloads(document: Document, pages: dict[int, PageResult]) -> None:
     stem = Path(document.name).stem
     ordered = [pages[i] for i in sorted(pages)]
     cols = st.columns(len(FORMATS) + 1)
@@ -127,24 +129,33 @@ def main() -> None:
         selection = "1"
     prompt = st.text_area("Prompt", "Describe this document.") if task == "prompt" else None
 
+    options = RunOptions(prompt=prompt)
     if st.button(f"Run {status.label}", type="primary", disabled=not status.availability.available):
         try:
-            indices = parse_page_selection(selection, document.page_count)
-        except ValueError as exc:
+            chosen = document.select(selection)
+        except DocumentError as exc:
             st.error(str(exc))
         else:
-            _run(document, indices, model, task, RunOptions(prompt=prompt))
+            _run(document, chosen, model, task, options)
 
-    pages = _results().get((document_key(document), model, task), {})
-    if index in pages:
-        _show_result(document, index, pages[index])
-    else:
+    outcomes = _outcomes(result_key(document, index, model, task, options))
+    pages = {page: o.result for page, o in sorted(outcomes.items()) if o.result is not None}
+    failed = [o.error for _, o in sorted(outcomes.items()) if o.error]
+    for error in failed[:MAX_ERRORS_SHOWN]:
+        st.error(error)
+    if len(failed) > MAX_ERRORS_SHOWN:
+        st.error(f"…and {len(failed) - MAX_ERRORS_SHOWN} more page(s) failed")
+    shown = outcomes.get(index)
+    if shown is not None and shown.result is not None:
+        _show_result(document, index, shown.result)
+    elif shown is None:  # a failed page's error is listed above; rendering it again would repeat it
         image = page_image(document, index)
         if image is not None:
             st.image(image, caption=f"Page {index + 1} — not run yet with {status.label}", width="stretch")
     if pages:
         st.subheader("Download")
-        st.caption(f"{len(pages)} page(s) of {document.name} recognised with {model}")
+        st.caption(f"{len(pages)} page(s) of {document.name} recognised with {model}"
+                   + (f"; {len(failed)} page(s) failed and are not in the files" if failed else ""))
         _downloads(document, pages)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from tests.openai_double import openai_double  # noqa: F401 - the protocol double's fixture, for every test
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FONT_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf")
@@ -90,10 +92,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_app():
-    """`streamlit run app.py` on a free local port, healthy before it is handed out."""
+def serve_app(env: dict[str, str] | None = None):
+    """`streamlit run app.py` on a free local port, healthy before it is handed out; `env` is added to
+    the server's environment."""
     port = _free_port()
-    env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false", **(env or {}))
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],

@@ -4,12 +4,13 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image, ImageDraw
 
 from tests.conftest import ROOT, png_bytes, render_text_page
 from tests.test_documents import make_pdf
 
-PAGE_KEYS = {"page", "model", "task", "text", "markdown", "blocks", "device", "dtype", "profile", "seconds",
-             "load_seconds", "tokens", "truncated", "warnings"}
+PAGE_KEYS = {"page", "model", "task", "text", "markdown", "blocks", "raw", "device", "dtype", "profile", "seconds",
+             "load_seconds", "tokens", "truncated", "warnings", "error"}
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -90,3 +91,45 @@ def test_bad_page_selection_is_a_document_error(files):
     assert done.returncode == 1
     error = json.loads(done.stdout)["documents"][0]["error"]
     assert error == "report.pdf: page selection '7': page 7 is past the last page (3)"
+
+
+def test_one_bad_page_gets_its_own_error_and_the_others_their_text(files, tmp_path):
+    (tmp_path / "cropped.pdf").write_bytes(make_pdf(3, crop_outside=(2,)))
+    done = cli("ocr", str(tmp_path / "cropped.pdf"), "--model", "tesseract", "--format", "json")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (document,) = json.loads(done.stdout)["documents"]
+    assert document["error"] is None
+    first, second, third = document["pages"]
+    assert set(second) == PAGE_KEYS and second["page"] == 2 and second["text"] is None
+    assert second["error"] == ("cropped.pdf: page 2: its crop box (1000, 1000, 1200, 1200) lies outside its media "
+                               "box (0, 0, 420, 200), so the page shows nothing")
+    assert "page 1" in first["text"] and "page 3" in third["text"]
+    assert first["error"] is None and third["error"] is None
+    assert "error: cropped.pdf: page 2: its crop box" in done.stderr
+
+
+def test_awkward_images_tall_transparent_blank_and_animated(tmp_path):
+    from tests.conftest import font
+    from tests.test_documents import white_text_on_transparent
+
+    tall = Image.new("L", (700, 33_000), 255)  # a long receipt: over Tesseract's 32,767 px side
+    draw = ImageDraw.Draw(tall)
+    draw.text((40, 60), "Receipt from the corner shop", fill=0, font=font(36))
+    draw.text((40, 32_850), "Total due 4521 roubles", fill=0, font=font(36))
+    tall.save(tmp_path / "receipt.png")
+    white_text_on_transparent().save(tmp_path / "ghost.png")
+    Image.new("RGB", (600, 300), "white").save(tmp_path / "blank.png")
+    frames = [render_text_page([f"Animated frame {i}"]) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    done = cli("ocr", *(str(tmp_path / n) for n in ("receipt.png", "ghost.png", "blank.png", "anim.gif")),
+               "--model", "tesseract", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    receipt, ghost, blank, anim = (d["pages"][0] for d in json.loads(done.stdout)["documents"])
+    assert "Receipt from the corner shop" in receipt["text"] and "Total due 4521" in receipt["text"]
+    assert receipt["text"].count("Receipt") == 1
+    assert any("32,767 px" in w and "strips" in w for w in receipt["warnings"])
+    assert receipt["blocks"][-1]["bbox"][1] > 32_000  # boxes are in the page's own coordinates
+    assert "Ghost invoice 4521" in ghost["text"] and ghost["warnings"] == []
+    assert blank["text"] == "" and blank["warnings"] == ["no text was found on page 1"]
+    assert "Animated frame 0" in anim["text"]
+    assert anim["warnings"] == ["animated GIF with 3 frames: only the first frame is read"]

@@ -64,7 +64,8 @@ def test_two_models_side_by_side_with_scores_and_diff(app_test, page_png):
 
 
 def test_diff_against_reference_marks_changes_and_escapes_text(app_test, page_png):
-    at = run_models(start(app_test, page_png, "Invoice <b>4521</b> for April & services\nPlease pay within fourteen days"))
+    reference = "Invoice <b>4521</b> for April & services\nPlease pay within fourteen days"
+    at = run_models(start(app_test, page_png, reference))
     at.selectbox(key="compare_diff_b").set_value("Reference text").run()
     diff = at.html[0].proto.body
     assert "<del" in diff and "<ins" in diff
@@ -79,7 +80,7 @@ def test_diff_against_reference_marks_changes_and_escapes_text(app_test, page_pn
 def test_rerun_of_one_model_keeps_the_others_and_reference_edits_do_not_rerun(app_test, page_png):
     at = run_models(start(app_test, page_png, REFERENCE))
     before = results(at)
-    assert sorted(key[2] for key in before) == ["rapidocr", "tesseract"]
+    assert sorted(key.model for key in before) == ["rapidocr", "tesseract"]
 
     at.text_area(key="compare_reference").set_value("Invoice 4521").run()
     after_edit = results(at)
@@ -89,9 +90,9 @@ def test_rerun_of_one_model_keeps_the_others_and_reference_edits_do_not_rerun(ap
     at.button(key="compare_rerun_tesseract").click().run()
     after_rerun = results(at)
     for key in before:
-        if key[2] == "tesseract":
+        if key.model == "tesseract":
             assert after_rerun[key] is not before[key]
-            assert "Invoice 4521" in after_rerun[key]["result"].text
+            assert "Invoice 4521" in after_rerun[key].result.text
         else:
             assert after_rerun[key] is before[key]
 
@@ -109,3 +110,44 @@ def test_needs_two_models_and_rejects_bad_uploads(app_test, page_png):
     at.file_uploader(key="compare_upload").upload("broken.png", page_png[:200], "image/png").run()
     assert not at.exception
     assert len(at.error) == 1 and at.error[0].value.startswith("broken.png: ")
+
+
+PDF_PAGES = [["Quarterly report for the board", "Revenue grew by twelve percent"],
+             ["Second page: costs and staff", "Forty two people work here"],
+             ["Third page with the outlook", "Next year looks promising"]]
+
+
+def test_compare_and_eval_give_the_same_cer_on_a_multipage_document(app_test, tmp_path, capsys):
+    import json
+
+    import cli
+    from tests.conftest import render_text_page
+
+    first, *rest = [render_text_page(lines, size=32) for lines in PDF_PAGES]
+    first.save(tmp_path / "report.pdf", save_all=True, append_images=rest, resolution=200)
+    # The reference differs from the printed text on pages 1 and 3, so the figures are not all zero.
+    reference = "\f".join("\n".join(lines) for lines in PDF_PAGES).replace("twelve", "12").replace("Next", "Last")
+    (tmp_path / "report.txt").write_text(reference, encoding="utf-8")
+    assert cli.main(["eval", str(tmp_path), "--models", "tesseract,rapidocr", "--json"]) == 0
+    evaluated = {model: entry["documents"][0] for model, entry in json.loads(capsys.readouterr().out)["models"].items()}
+
+    at = app_test()
+    at.switch_page("pages/compare.py").run()
+    at.file_uploader(key="compare_upload").upload("report.pdf", (tmp_path / "report.pdf").read_bytes(),
+                                                  "application/pdf").run()
+    at.text_input(key="compare_pages").set_value("1-3")
+    at.text_area(key="compare_reference").set_value(reference)
+    run_models(at)
+    table = at.table[0].value
+    labels = {"tesseract": "Tesseract 5 (rus+eng)", "rapidocr": "RapidOCR (PP-OCR, Latin)"}
+    for model, doc in evaluated.items():
+        assert table.loc[labels[model], "CER %"] == round(doc["cer"] * 100, 2), model
+    assert all(doc["cer"] > 0.02 for doc in evaluated.values())  # the reference differs: a figure worth comparing
+
+    # Pages 1-2 only: scored against parts 1-2 of the reference, not against all three pages.
+    at.text_input(key="compare_pages").set_value("1-2").run()
+    table = at.table[0].value
+    for model, doc in evaluated.items():
+        pages = doc["pages"][:2]
+        expected = sum(p["char_errors"] for p in pages) / sum(p["reference_chars"] for p in pages)
+        assert table.loc[labels[model], "CER %"] == round(expected * 100, 2), model

@@ -6,6 +6,7 @@ adapter loads and runs through exactly the code that loads real weights.
 from __future__ import annotations
 
 import sys
+import types
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from models import dots_ocr
 from models.dots_ocr import ADAPTER, PROMPT_MODES
 from models.registry import Profile
 from tests.conftest_vlm import CPU, RunOptions, fake_generate, page, spec, tiny_models  # noqa: F401
+from utils.config import CPU_FALLBACK_CONFIG, DEFAULT_CONFIG, load_settings
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def test_fix1_period_in_directory_name(tiny_models, links, monkeypatch):  # noqa
 # ---------------------------------------------------------------- fix 2: unconditional flash_attn import
 
 
-def test_fix2_flash_attn_import_and_sdpa(tiny_models, links):  # noqa: F811
+def test_fix2_flash_attn_import(tiny_models, links):  # noqa: F811
     from transformers import AutoModelForCausalLM
 
     assert "flash_attn" not in sys.modules
@@ -80,19 +82,19 @@ def test_fix2_flash_attn_import_and_sdpa(tiny_models, links):  # noqa: F811
         AutoModelForCausalLM.from_pretrained(link, trust_remote_code=True)
 
     adapter = make(tiny_models, links)
-    attention = type(adapter._model.vision_tower.blocks[0].attn).__name__
-    assert attention == "VisionSdpaAttention"
-    assert adapter._model.config.vision_config.attn_implementation == "sdpa"
+    attention = adapter._model.vision_tower.blocks[0].attn
+    assert type(attention).__name__ == "VisionFlashAttention2"  # the varlen path of fix 7
+    assert sys.modules[type(attention).__module__].flash_attn_varlen_func is dots_ocr.varlen_attention
+    assert adapter._model.config._attn_implementation == "sdpa"  # the language model
     assert "flash_attn" not in sys.modules  # the stand-in lived only while loading
     assert adapter.run(page(), "text", RunOptions(max_new_tokens=2)).tokens == 2
 
 
-def test_flash_attn_stub_fails_loudly_if_called():
-    stub = dots_ocr._flash_attn_stub()
-    with pytest.raises(RuntimeError, match="sdpa"):
-        stub.flash_attn_varlen_func()
-    with pytest.raises(RuntimeError, match="sdpa"):
-        stub.anything_else()
+def test_flash_attn_stand_in_provides_only_varlen_attention():
+    stand_in = dots_ocr._flash_attn_stand_in()
+    assert stand_in.flash_attn_varlen_func is dots_ocr.varlen_attention
+    with pytest.raises(RuntimeError, match="not installed"):
+        stand_in.anything_else()
 
 
 # ---------------------------------------------------------------- fix 3: bf16 cast in the vision forward
@@ -141,13 +143,14 @@ def test_fix4_string_key_processor_registration(tiny_models, links, monkeypatch)
     assert {key for key in PROCESSOR_MAPPING._extra_content if isinstance(key, str)} == string_keys
 
 
-# ---------------------------------------------------------------- fix 5: pixel_values on every step
+# ---------------------------------------------------------------- fix 5: prepare_inputs_for_generation
 
 
-def test_fix5_pixels_go_to_the_vision_tower_once(tiny_models, links, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(dots_ocr, "pixels_only_on_prefill", lambda model: None)
+def test_fix5_prepare_inputs_is_replaced(tiny_models, links, monkeypatch):  # noqa: F811
+    """Finding 5: the published method indexes cache_position[0], which transformers 5 does not pass."""
+    monkeypatch.setattr(dots_ocr, "replace_prepare_inputs", lambda model: None)
     unfixed = make(tiny_models, links)
-    with pytest.raises(AssertionError, match="img_mask"):
+    with pytest.raises(TypeError, match="not subscriptable"):
         unfixed.run(page(), "text", RunOptions(max_new_tokens=4))
     monkeypatch.undo()
 
@@ -157,6 +160,75 @@ def test_fix5_pixels_go_to_the_vision_tower_once(tiny_models, links, monkeypatch
     tower.register_forward_hook(lambda module, args, output: calls.append(output.shape[0]))
     result = adapter.run(page(), "text", RunOptions(max_new_tokens=6))
     assert result.tokens == 6 and len(calls) == 1
+
+
+# ---------------------------------------------------------------- vision memory: no N x N mask
+
+
+def test_fix7_vision_attention_builds_no_mask(adapter, monkeypatch):
+    """Finding 7: the published sdpa path builds a (1, N, N) mask on every layer; one image needs none."""
+    import torch.nn.functional as F
+
+    calls = []
+    original = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, *args, **kwargs):
+        calls.append((tuple(q.shape), None if attn_mask is None else tuple(attn_mask.shape)))
+        return original(q, k, v, attn_mask, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    tower = adapter._model.vision_tower
+    grid = torch.tensor([[1, 8, 6]])
+    pixels = torch.rand(48, 3 * 14 * 14)
+    out = tower(pixels, grid)
+    assert calls and all(mask is None and len(shape) == 4 for shape, mask in calls), calls
+
+    # The same numbers as the published masked attention on the same weights.
+    calls.clear()
+    sdpa = sys.modules[type(tower.blocks[0].attn).__module__].VisionSdpaAttention
+    for block in tower.blocks:
+        monkeypatch.setattr(block.attn, "forward", types.MethodType(sdpa.forward, block.attn))
+    assert torch.allclose(tower(pixels, grid), out, atol=1e-5)
+    assert calls[0][1] == (1, 48, 48)  # what the published path allocates per layer: N x N
+
+
+def test_varlen_attention_keeps_images_apart():
+    q, k, v = (torch.randn(10, 2, 8) for _ in range(3))
+    cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+    mask = torch.zeros(10, 10, dtype=torch.bool)
+    mask[:4, :4] = mask[4:, 4:] = True
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), mask).transpose(0, 1)
+    assert torch.allclose(dots_ocr.varlen_attention(q, k, v, cu, cu, 6, 6), expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- dtype and token caps
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, "bfloat16"), (False, "float32")])
+def test_fp16_is_refused(tiny_models, bf16, expected):  # noqa: F811
+    """Finding 9: dots.ocr's language model is Qwen2, which gives inf/nan in fp16."""
+    unloaded = ADAPTER("dots_ocr", spec("dots_ocr", tiny_models["dots_ocr"]), Profile(device="cuda", dtype="float16"))
+    plan = unloaded.plan("cuda", bf16_supported=bf16, capability=(8, 9))
+    assert plan.dtype == expected and "float16 is unsafe" in plan.warnings[0]
+
+
+# A 2-3B model decodes at least this fast with transformers on any GPU the app supports (assumption;
+# benchmarks/gpu_check.py measures it): the deadline must leave room for the whole token cap.
+MIN_TOKENS_PER_SECOND = 25
+
+
+def test_gpu_token_caps_follow_dots_own_code_and_fit_the_deadline():
+    """Finding 10: dots.ocr's own code allows 24,000 new tokens; 8192 truncated dense pages."""
+    gpu, cpu = load_settings(DEFAULT_CONFIG), load_settings(DEFAULT_CONFIG, CPU_FALLBACK_CONFIG)
+    caps = gpu.models["dots_ocr"].options["max_new_tokens"]
+    assert caps["layout"] == caps["markdown"] == 24000
+    assert dots_ocr.DotsOCROptions().max_new_tokens["layout"] == 24000
+    assert cpu.models["dots_ocr"].options["max_new_tokens"]["layout"] == 3072  # the CPU keeps its caps
+    for name in ("qwen_vl_2b", "qwen3_vl_2b", "dots_ocr"):
+        model = gpu.models[name]
+        deadline = model.timeout_s or gpu.guard.request_timeout_s
+        assert deadline >= max(model.options["max_new_tokens"].values()) / MIN_TOKENS_PER_SECOND, name
 
 
 # ---------------------------------------------------------------- prompts, pixels, tasks
@@ -174,17 +246,20 @@ def test_official_prompt_texts():
 
 
 def test_chat_framing_prompts_and_visual_tokens(adapter):
+    """Finding 6: dots.ocr's own framing, whatever chat template the snapshot ships (the fixture's is
+    string-only and raises TypeError on image + text content)."""
     tokenizer = adapter._tokenizer
     modes = {"text": "prompt_ocr", "layout": "prompt_layout_all_en", "markdown": "prompt_layout_all_en"}
     for task, mode in modes.items():
-        inputs, (width, height) = adapter.prepare(page(), task, RunOptions())
+        assert adapter.prompt_for(task, RunOptions()) == PROMPT_MODES[mode]
+        inputs, (width, height) = adapter.prepare(page(), PROMPT_MODES[mode], RunOptions())
         t, h, w = inputs["image_grid_thw"][0].tolist()
         tokens = t * h * w // 4
         assert (w * 14, h * 14) == (width, height) and tokens <= 48
         text = tokenizer.decode(inputs["input_ids"][0])
         assert text == ("<|user|><|img|>" + "<|imgpad|>" * tokens + "<|endofimg|>" + PROMPT_MODES[mode]
                         + "<|endofuser|><|assistant|>")
-    inputs, _ = adapter.prepare(page(), "text", RunOptions(max_pixels=8 * 784))
+    inputs, _ = adapter.prepare(page(), PROMPT_MODES["prompt_ocr"], RunOptions(max_pixels=8 * 784))
     assert int(inputs["image_grid_thw"][0].prod()) // 4 <= 8
 
 
@@ -208,7 +283,7 @@ LAYOUT_REPLY = (
 def test_layout_and_markdown_from_truncated_json(tiny_models, links):  # noqa: F811
     adapter = make(tiny_models, links, max_pixels=192 * 784)
     fake_generate(adapter._model, adapter._tokenizer, LAYOUT_REPLY)
-    _, (width, height) = adapter.prepare(page(), "layout", RunOptions())
+    width, height = adapter.input_size((600, 400), RunOptions())
     sx, sy = 600 / width, 400 / height
     result = adapter.run(page(), "layout", RunOptions())
     assert [b.category for b in result.blocks] == ["Title", "Table", "Page-footer"]
@@ -242,10 +317,10 @@ def test_never_downloads(tmp_path, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
-def test_on_gpu_in_every_dtype(tiny_models, links, dtype):  # noqa: F811
+@pytest.mark.parametrize("dtype, loaded", [("bfloat16", "bfloat16"), ("float16", "bfloat16"), ("float32", "float32")])
+def test_on_gpu_in_every_dtype(tiny_models, links, dtype, loaded):  # noqa: F811
     adapter = make(tiny_models, links, profile=Profile(device="cuda", dtype=dtype))
     result = adapter.run(page(), "text", RunOptions(max_new_tokens=6))
-    assert (result.device, result.dtype, result.tokens) == ("cuda", dtype, 6)
-    assert next(adapter._model.vision_tower.parameters()).dtype == getattr(torch, dtype)
+    assert (result.device, result.dtype, result.tokens) == ("cuda", loaded, 6)  # never fp16 (finding 9)
+    assert next(adapter._model.vision_tower.parameters()).dtype == getattr(torch, loaded)
     adapter.close()

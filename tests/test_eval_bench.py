@@ -162,7 +162,8 @@ def test_eval_on_shared_scans_matches_independent_cer(shared_data, tmp_path):
 
 
 def test_memory_sampler_sees_child_processes():
-    script = "import time; block = bytearray(150 * 1024 * 1024); block[::4096] = b'x' * len(block[::4096]); time.sleep(0.6)"
+    script = ("import time; block = bytearray(150 * 1024 * 1024); block[::4096] = b'x' * len(block[::4096]); "
+              "time.sleep(0.6)")
     with benchmark.MemorySampler(interval=0.02) as memory:
         subprocess.run([sys.executable, "-c", script], check=True)
     assert memory.added_mb > 120
@@ -219,3 +220,35 @@ def test_bench_cli_writes_csv_and_plot(eval_dir, tmp_path):
     ratio_rows = [line for line in done.stdout.splitlines() if line.startswith(("| tesseract | tesseract-cli",
                                                                                   "| rapidocr | rapidocr"))]
     assert len(ratio_rows) == 2
+
+
+def test_eval_and_bench_keep_the_good_pages_of_a_document_with_a_bad_one(tmp_path, capsys):
+    from tests.test_documents import make_pdf
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "cropped.pdf").write_bytes(make_pdf(3, crop_outside=(2,)))
+    (folder / "cropped.txt").write_text("\f".join(f"Quarterly report, page {n}" for n in (1, 2, 3)), encoding="utf-8")
+    assert cli.main(["eval", str(folder), "--models", "tesseract", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)["models"]["tesseract"]
+    (doc,) = report["documents"]
+    assert doc["error"] is None and [p["page"] for p in doc["pages"]] == [1, 2, 3]
+    bad = doc["pages"][1]
+    assert bad["error"].startswith("cropped.pdf: page 2: its crop box") and bad["cer"] is None
+    assert any(note.startswith("not scored: cropped.pdf: page 2") for note in doc["notes"])
+    good = [doc["pages"][0], doc["pages"][2]]
+    assert doc["cer"] == pytest.approx(sum(p["char_errors"] for p in good) / sum(p["reference_chars"] for p in good))
+    assert doc["cer"] < 0.1
+    aggregate = report["aggregate"]
+    assert (aggregate["documents"], aggregate["pages"], aggregate["errors"], aggregate["page_errors"]) == (1, 2, 0, 1)
+
+    out = tmp_path / "bench"
+    assert cli.main(["bench", str(folder), "--models", "tesseract", "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert printed.startswith("2 page(s)\ndocument error: cropped.pdf: page 2: its crop box")
+    with (out / "bench.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["engine"], r["pages"], r["error"]) for r in rows] == [("app", "2", ""), ("raw:tesseract-cli", "2", "")]
+    with (out / "bench_pages.csv").open(encoding="utf-8") as handle:
+        assert [(r["engine"], r["page"]) for r in csv.DictReader(handle)] == [
+            ("app", "1"), ("app", "3"), ("raw:tesseract-cli", "1"), ("raw:tesseract-cli", "3")]

@@ -12,6 +12,7 @@ from models.vlm.layout_parsing import (
     html_table_to_markdown,
     parse_dots_layout,
     parse_qwen_grounding,
+    strip_special_tokens,
 )
 
 # ------------------------------------------------------------------ Qwen grounding
@@ -122,6 +123,55 @@ def test_qwen_html_relative_and_truncated():
         ((100, 400, 900, 800), "Text", "First paragraph"),
         ((100, 840, 900, 1000), "Text", "Second, cut o"),
     ]
+
+
+# Qwen2-VL's own grounding markup: special tokens around the reference and the box, [0,1000) grid.
+QWEN2_NATIVE = (
+    "The page reads:\n"
+    "<|object_ref_start|>INVOICE No. 2024-0173<|object_ref_end|><|box_start|>(50,20),(320,35)<|box_end|>\n"
+    "<|object_ref_start|>Paid<|object_ref_end|><|box_start|>(50,40),(90,50)<|box_end|>"
+    "<|box_start|>(500,40),(540,50)<|box_end|>\n"
+    "Total: 1,250.00<|box_start|>(50, 900), (400, 930)<|box_end|>\n"
+    "<|object_ref_start|>cut off<|object_ref_end|><|box_start|>(10,9"
+)
+
+
+def test_qwen2_native_grounding_markup():
+    blocks = parse_qwen_grounding(QWEN2_NATIVE, "relative1000", (1064, 1484), (2000, 3000))
+    assert [(b.bbox, b.text) for b in blocks] == [
+        ((100, 60, 640, 105), "INVOICE No. 2024-0173"),
+        ((100, 120, 180, 150), "Paid"),
+        ((1000, 120, 1080, 150), "Paid"),  # two boxes for one reference
+        ((100, 2700, 800, 2790), "Total: 1,250.00"),  # a box after plain text takes that line
+    ]
+    assert strip_special_tokens(QWEN2_NATIVE).startswith("The page reads:\nINVOICE No. 2024-0173(50,20),(320,35)")
+
+
+def test_qwen3_python_literal_answers_whole_and_truncated():
+    literal = ("```python\n[{'bbox_2d': [100, 100, 500, 150], 'text_content': 'Tom\\'s {cafe}'}, "
+               "{'bbox_2d': [100, 200, 500, 250], 'text_content': \"it's [done]\"}, "
+               "{'bbox_2d': [100, 300, 500, 350], 'text_content': 'cut o")
+    blocks = parse_qwen_grounding(literal, "relative1000", (0, 0), (1000, 1000))
+    assert [(b.bbox, b.text) for b in blocks] == [
+        ((100, 100, 500, 150), "Tom's {cafe}"), ((100, 200, 500, 250), "it's [done]")]
+
+
+def test_dots_json_repair_mends_what_the_model_gets_wrong():
+    text = ('[{bbox: [0, 0, 10, 10], "category": "Text", "text": "unquoted key"}, '
+            '{"bbox": [0, 20, 10, 30], "category": "Text", "text": "trailing comma",}]')
+    blocks, warnings = parse_dots_layout(text, (100, 100), (100, 100))
+    assert [b.text for b in blocks] == ["unquoted key", "trailing comma"]
+    assert warnings == ["repaired 2 malformed element(s)"]
+
+
+def test_dots_element_cut_at_a_tag_end_is_kept():
+    """Where the loop guard stops a table it cuts after a closing tag: the table's rows are kept."""
+    table = "<table><tr><td>Tea</td><td>1.20</td></tr><tr><td>Tea</td><td>1.20</td></tr>"
+    text = "[" + el(0, 0, 100, 10, "Title", "Prices") + ', {"bbox": [0, 20, 100, 90], "category": "Table", "text": "'
+    blocks, warnings = parse_dots_layout(text + table, (100, 100), (100, 100))
+    assert [(b.category, b.text) for b in blocks] == [("Title", "Prices"), ("Table", table)]
+    assert warnings == ["output was truncated: kept the last element up to the line or tag where it was cut"]
+    assert blocks_to_text(blocks) == "Prices\nTea\t1.20\nTea\t1.20"
 
 
 def test_qwen_garbage_gives_no_blocks():

@@ -7,7 +7,7 @@ import unicodedata
 import pytest
 
 from tests.conftest import dp_levenshtein
-from utils.quality import metrics
+from utils.quality import metrics, scoring
 
 
 def test_normalize_folds_whitespace_dashes_quotes_and_ellipsis():
@@ -113,3 +113,52 @@ def test_word_diff_runs_rebuild_both_sides():
     side_b = " ".join(words for op, words in runs if op != "delete")
     assert (side_a, side_b) == (a, b)
     assert metrics.word_diff("", "") == []
+
+
+FOUR_PAGES = ["First page text here", "Second page of the letter", "Third page, a table", "Fourth and last page"]
+
+
+def test_pages_run_are_scored_against_their_own_parts_of_the_reference():
+    reference = "\f".join(FOUR_PAGES)
+    texts = {0: "First page text here", 1: "Second page of the leter"}  # pages 1-2 of a 4-page PDF
+    score = scoring.score_document(texts, reference, page_count=4)
+    assert [s.pages for s in score.segments] == [(0,), (1,)]
+    chars = len(FOUR_PAGES[0]) + len(FOUR_PAGES[1])
+    assert (score.char_errors, score.reference_chars) == (1, chars)
+    assert score.cer == pytest.approx(1 / chars)
+    assert score.page(1).cer == pytest.approx(1 / len(FOUR_PAGES[1])) and score.page(2) is None
+    assert score.notes == ()
+    # Against the whole reference, the missing pages 3-4 would count as errors: the old, wrong figure.
+    assert metrics.cer("\n".join(texts.values()), reference) > 0.4
+
+
+def test_summed_distance_over_summed_length_not_a_mean_of_pages():
+    reference = "a\fbbbbbbbbbb"
+    score = scoring.score_document({0: "x", 1: "bbbbbbbbbb"}, reference, page_count=2)
+    assert score.cer == pytest.approx(1 / 11)  # the mean of the pages' CERs would be 0.5
+    assert (score.page(0).cer, score.page(1).cer) == (1.0, 0.0)
+    words = scoring.score_document({0: "one two", 1: "three four five"}, "one too\fthree four five", 2)
+    assert words.wer == pytest.approx(1 / 5)
+
+
+@pytest.mark.parametrize("reference,pages,page_count,segments,note", [
+    ("whole text", [0, 1], 2, [((0, 1), "whole text")], "pages 1, 2 joined"),
+    ("whole text", [2], 5, [((2,), "whole text")], None),
+    ("p1\fp2\fp3\f", [0, 2], 3, [((0,), "p1"), ((2,), "p3")], None),  # trailing form feed: no extra part
+    ("s2\fs4", [1, 3], 6, [((1,), "s2"), ((3,), "s4")], None),  # one part per selected page
+    ("p1\fp2", [0, 1, 2], 5, [((0,), "p1"), ((1,), "p2")], "page(s) 3 not scored"),
+])
+def test_reference_segments(reference, pages, page_count, segments, note):
+    found, notes = scoring.reference_segments(reference, pages, page_count)
+    assert [(s.pages, s.reference) for s in found] == segments
+    if note is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and note in notes[0]
+
+
+def test_document_keywords_and_bag_of_words_cover_every_scored_page():
+    score = scoring.score_document({0: "Invoice 4521", 1: "Total due"}, "Invoice 4521\fTotal due", 2,
+                                   keywords=["4521", "due", "Zebra"])
+    assert score.keyword_recall == pytest.approx(2 / 3) and score.keywords_missed == ("Zebra",)
+    assert (score.bow_precision, score.bow_recall, score.cer) == (1.0, 1.0, 0.0)

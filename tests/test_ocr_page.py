@@ -55,3 +55,70 @@ def test_layout_task_draws_boxes(app_test, ru_en_png):
     shown = json.loads(at.json[0].value)
     assert shown["task"] == "layout" and shown["blocks"]
     assert {b["category"] for b in shown["blocks"]} <= {"Text", "Section-header"}
+
+
+def test_an_upload_is_hashed_once_not_on_every_rerun(app_test, monkeypatch):
+    import hashlib
+
+    from tests.test_documents import make_pdf
+    from utils.documents import reader
+
+    data = make_pdf(2)
+    hashed = []
+    sha256 = hashlib.sha256
+
+    def counting_sha256(payload=b"", *args, **kwargs):
+        if bytes(payload) == data:
+            hashed.append(1)
+        return sha256(payload, *args, **kwargs)
+
+    monkeypatch.setattr(reader.hashlib, "sha256", counting_sha256)
+    at = app_test()
+    at.file_uploader[0].upload("report.pdf", data, "application/pdf").run()
+    at.number_input[0].set_value(2).run()
+    button(at, "Run").click().run()
+    assert "page 2" in at.text_area[0].value
+    at.number_input[0].set_value(1).run()
+    at.run()
+    assert not at.exception and not at.error
+    assert len(hashed) == 1
+
+
+def test_streamed_tokens_redraw_at_most_ten_times_a_second():
+    from pages.ui.common import TokenView
+
+    class Placeholder:
+        def __init__(self):
+            self.drawn: list[str] = []
+
+        def code(self, text, language=None):
+            self.drawn.append(text)
+
+    now = [0.0]
+    placeholder = Placeholder()
+    view = TokenView(placeholder, tail=50, clock=lambda: now[0])
+    for _ in range(1000):  # 1000 tokens over 2 seconds
+        view("tok ")
+        now[0] += 0.002
+    assert 19 <= view.draws <= 21
+    assert placeholder.drawn[0] == "tok " and len(placeholder.drawn[-1]) == 50
+    view.reset()
+    view("new page")
+    assert placeholder.drawn[-1] == "new page"
+
+
+def test_a_bad_page_shows_its_own_error_and_the_other_pages_keep_their_results(app_test):
+    at = app_test()
+    at.file_uploader[0].upload("cropped.pdf", make_pdf(3, crop_outside=(2,)), "application/pdf").run()
+    at.text_input[0].set_value("1-3").run()
+    button(at, "Run").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "cropped.pdf: page 2: its crop box (1000, 1000, 1200, 1200) lies outside its media box (0, 0, 420, 200), "
+        "so the page shows nothing"]
+    assert "Quarterly report, page 1" in at.text_area[0].value
+    assert any("2 page(s) of cropped.pdf recognised" in c.value and "1 page(s) failed" in c.value for c in at.caption)
+    at.number_input[0].set_value(3).run()
+    assert "Quarterly report, page 3" in at.text_area[0].value and len(at.error) == 1
+    at.number_input[0].set_value(2).run()
+    assert len(at.error) == 1 and not at.text_area

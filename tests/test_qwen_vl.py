@@ -44,9 +44,9 @@ def decoded_prompt(adapter, inputs) -> str:
 
 def test_options_default_per_family():
     qwen2 = QwenVLOptions(family="qwen2_vl")
-    assert (qwen2.min_pixels, qwen2.max_pixels, qwen2.coord_mode) == (512 * 28 * 28, 2048 * 28 * 28, "pixels")
+    assert (qwen2.min_pixels, qwen2.max_pixels) == (512 * 28 * 28, 2048 * 28 * 28)
     qwen3 = QwenVLOptions(family="qwen3_vl")
-    assert (qwen3.min_pixels, qwen3.max_pixels, qwen3.coord_mode) == (512 * 32 * 32, 2048 * 32 * 32, "relative1000")
+    assert (qwen3.min_pixels, qwen3.max_pixels) == (512 * 32 * 32, 2048 * 32 * 32)
     with pytest.raises(ValueError, match="min_pixels"):
         QwenVLOptions(family="qwen2_vl", min_pixels=10_000, max_pixels=5_000)
     with pytest.raises(ValueError, match="unknown tasks"):
@@ -157,7 +157,9 @@ def test_chat_template_and_task_prompts(adapter):
                            "additional descriptions or formatting.<|im_end|>\n<|im_start|>assistant\n")
     markdown = adapter.prompt_for("markdown", RunOptions())
     assert (markdown == "qwenvl markdown") == (family == "qwen3_vl")
-    assert adapter.prompt_for("layout", RunOptions()).startswith("Spotting all the text in the image with line-level")
+    layout = adapter.prompt_for("layout", RunOptions())
+    assert layout.startswith("Spotting all the text in the image with line-level") == (family == "qwen3_vl")
+    assert ("<|box_start|>" in layout) == (family == "qwen2_vl")  # Qwen2-VL: its own grounding markup
     assert adapter.prompt_for("prompt", RunOptions(prompt="What is the total?")) == "What is the total?"
     with pytest.raises(ValueError, match="RunOptions.prompt"):
         adapter.prompt_for("prompt", RunOptions())
@@ -221,21 +223,58 @@ def test_streaming_and_result_fields(tiny_models):  # noqa: F811
     assert (result.width, result.height) == (600, 400) and result.seconds > 0
 
 
-def test_layout_boxes_come_back_in_page_pixels(tiny_models):  # noqa: F811
-    # Qwen2-VL: boxes in the pixels of the resized image the model saw.
-    adapter = make(tiny_models, "qwen_vl_2b", max_pixels=96 * 28 * 28)
-    fake_generate(adapter._model, adapter._processor.tokenizer,
-                  '```json\n[{"bbox_2d": [28, 56, 168, 84], "text_content": "Invoice 42"}]\n```')
-    _, (width, height) = adapter.prepare(page(), "x", RunOptions())
-    assert (width, height) != (600, 400)
-    sx, sy = 600 / width, 400 / height
-    result = adapter.run(page(), "layout", RunOptions())
-    assert [b.text for b in result.blocks] == ["Invoice 42"]
-    assert result.blocks[0].bbox == pytest.approx((28 * sx, 56 * sy, 168 * sx, 84 * sy), abs=0.01)
-    assert result.text == "Invoice 42" and not result.truncated
+# An A4 page at 200 dpi and a text line on it at (200,300)-(1400,360) page pixels; on the models'
+# 0..1000 grid relative to the image that line is (121,128)-(846,154).
+A4 = (1654, 2339)
+LINE = (200, 300, 1400, 360)
+GRID = (121, 128, 846, 154)
 
-    # Qwen3-VL: boxes on a 0..1000 grid of the page.
+
+def test_qwen2_boxes_are_on_a_1000_grid_relative_to_the_image(tiny_models):  # noqa: F811
+    """Finding 1: Qwen2-VL's boxes are not the resized input's pixels (that came with Qwen2.5-VL)."""
+    adapter = make(tiny_models, "qwen_vl_2b", min_pixels=512 * 784, max_pixels=2048 * 784)
+    x1, y1, x2, y2 = GRID
+    fake_generate(adapter._model, adapter._processor.tokenizer,
+                  f'[{{"bbox_2d": [{x1}, {y1}, {x2}, {y2}], "text_content": "Total"}}]')
+    result = adapter.run(page(*A4), "layout", RunOptions())
+    assert [b.text for b in result.blocks] == ["Total"]
+    assert result.blocks[0].bbox == pytest.approx(LINE, abs=3)  # read as input pixels: (188,202)-(1315,243)
+
+
+def test_qwen2_native_grounding_markup_survives_decoding(tiny_models):  # noqa: F811
+    """Finding 2: the model's own box markup is special tokens; decoded without them no block remains."""
+    adapter = make(tiny_models, "qwen_vl_2b", min_pixels=512 * 784, max_pixels=2048 * 784)
+    tokenizer = adapter._processor.tokenizer
+    x1, y1, x2, y2 = GRID
+    reply = (f"<|object_ref_start|>Total<|object_ref_end|><|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>\n"
+             "<|object_ref_start|>Paid<|object_ref_end|><|box_start|>(121,200),(300,220)<|box_end|>")
+    fake_generate(adapter._model, tokenizer, reply)
+    result = adapter.run(page(*A4), "layout", RunOptions())
+    assert [b.text for b in result.blocks] == ["Total", "Paid"]
+    assert result.blocks[0].bbox == pytest.approx(LINE, abs=3)
+    assert result.raw == reply and result.text == "Total\nPaid"
+    # The layout prompt asks for that markup in the model's own special tokens, not Qwen2.5-VL's JSON.
+    prompt = adapter.prompt_for("layout", RunOptions())
+    inputs, _ = adapter.prepare(page(), prompt, RunOptions())
+    specials = tokenizer.convert_tokens_to_ids(["<|object_ref_start|>", "<|box_start|>"])
+    assert all(int((inputs["input_ids"] == token).sum()) == 1 for token in specials)
+    assert "JSON" not in prompt
+
+
+def test_qwen3_layout_as_its_ocr_cookbook_runs_it(tiny_models):  # noqa: F811
+    """Finding 3: the cookbook's spotting prompt, Python-literal answers, 8192 new tokens."""
     adapter = make(tiny_models, "qwen3_vl_2b")
+    assert adapter.prompt_for("layout", RunOptions()) == (
+        "Spotting all the text in the image with line-level, and output in JSON format as "
+        "[{'bbox_2d': [x1, y1, x2, y2], 'text_content': 'text'}, ...].")
+    assert adapter.options.max_new_tokens["layout"] == 8192
+    fake_generate(adapter._model, adapter._processor.tokenizer,
+                  "[{'bbox_2d': [100, 250, 500, 375], 'text_content': 'Invoice 42'}, "
+                  "{'bbox_2d': [100, 400, 500, 450], 'text_content': \"O'Brien & Co\"}]")
+    result = adapter.run(page(), "layout", RunOptions())
+    assert [(b.bbox, b.text) for b in result.blocks] == [
+        ((60.0, 100.0, 300.0, 150.0), "Invoice 42"), ((60.0, 160.0, 300.0, 180.0), "O'Brien & Co")]
+    # A JSON answer still parses the same way.
     fake_generate(adapter._model, adapter._processor.tokenizer,
                   '[{"bbox_2d": [100, 250, 500, 375], "text_content": "Invoice 42"}]')
     result = adapter.run(page(), "layout", RunOptions())

@@ -1,11 +1,14 @@
 """Turn the layout output of the VLMs into Blocks in original page pixels.
 
-Covers Qwen grounding JSON (bbox_2d), QwenVL HTML (data-bbox) and dots.ocr layout JSON
-(bbox/category/text). Model output is untrusted: these functions repair what they can and never
-raise on malformed text.
+Covers Qwen2-VL's native grounding markup (<|object_ref_start|>text<|object_ref_end|><|box_start|>
+(x1,y1),(x2,y2)<|box_end|>), Qwen grounding lists (bbox_2d) written as JSON or as Python literals,
+QwenVL HTML (data-bbox) and dots.ocr layout JSON (bbox/category/text). Model output is untrusted:
+these functions repair what they can (json-repair for malformed elements) and never raise on
+malformed text.
 """
 from __future__ import annotations
 
+import ast
 import html
 import json
 import math
@@ -14,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
+
+import json_repair
 
 from models.contract import Block
 
@@ -40,16 +45,20 @@ Fields = tuple[Any, str, str, float | None]
 def parse_qwen_grounding(
     text: str, coord_mode: str, input_size: tuple[int, int], page_size: tuple[int, int]
 ) -> list[Block]:
-    """Blocks from Qwen2-VL/Qwen3-VL grounding JSON or QwenVL HTML.
+    """Blocks from Qwen grounding: native box markup, a bbox_2d list (JSON or Python literal) or
+    QwenVL HTML.
 
-    coord_mode "pixels": boxes in the resized input's pixels; "relative1000": 0..1000 of the page.
+    coord_mode "pixels": boxes in the resized input's pixels; "relative1000": 0..1000 of the image.
     """
     scale = _scale(coord_mode, input_size, page_size)
     if not text or not text.strip():
         return []
+    if BOX_START in text:
+        blocks, _ = _items_to_blocks(_grounding_items(text), _qwen_fields, scale, page_size)
+        return blocks
     if "data-bbox" in text:
         return _qwen_html_blocks(text, scale, page_size)
-    items, _ = _json_items(text)
+    items, _ = _json_items(text, python=True)
     blocks, _ = _items_to_blocks(items or [], _qwen_fields, scale, page_size)
     return blocks
 
@@ -70,6 +79,11 @@ def parse_dots_layout(
         return [], ["no layout blocks could be parsed from the model output ("
                     + "; ".join(warnings) + ")"]
     return blocks, warnings
+
+
+def strip_special_tokens(text: str) -> str:
+    """Text without the models' special-token markup (<|box_start|>, <|im_end|>, ...)."""
+    return _SPECIAL_TOKEN.sub("", text)
 
 
 def dots_blocks_to_markdown(blocks: list[Block], include_headers_footers: bool = False) -> str:
@@ -142,7 +156,7 @@ def _coerce_coords(raw: Any) -> Box | None:
         return None
     if len(coords) != 4 or not all(math.isfinite(v) for v in coords):
         return None
-    return coords  # type: ignore[return-value]
+    return coords
 
 
 def _place_box(coords: Box, scale: Scale, page_size: Any) -> Box | None:
@@ -157,14 +171,42 @@ def _place_box(coords: Box, scale: Scale, page_size: Any) -> Box | None:
     return round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)
 
 
+# ---------------------------------------------------------------- Qwen2-VL grounding markup
+
+BOX_START = "<|box_start|>"
+_SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
+_COORD = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_GROUNDING = re.compile(
+    r"<\|object_ref_start\|>(?P<ref>.*?)<\|object_ref_end\|>"
+    rf"|<\|box_start\|>\s*\({_COORD},{_COORD}\)\s*,\s*\({_COORD},{_COORD}\)\s*<\|box_end\|>",
+    re.DOTALL)
+
+
+def _grounding_items(text: str) -> list[dict]:
+    """{bbox_2d, text_content} per box. Boxes right after a reference belong to it (one reference may
+    have several); a box without one takes the last line of plain text written before it."""
+    items: list[dict] = []
+    ref: str | None = None
+    plain_from = 0
+    for match in _GROUNDING.finditer(text):
+        if match.group("ref") is not None:
+            ref = match.group("ref").strip()
+            continue
+        if ref is not None:
+            label = ref
+        else:
+            lines = strip_special_tokens(text[plain_from:match.start()]).strip().splitlines()
+            label = lines[-1].strip() if lines else ""
+        items.append({"bbox_2d": [float(v) for v in match.groups()[1:]], "text_content": label})
+        plain_from = match.end()
+        if not text[plain_from:].lstrip().startswith(BOX_START):
+            ref = None  # this reference's boxes have ended
+    return items
+
+
 # ---------------------------------------------------------------- JSON with repair
 
 _FENCE = re.compile(r"```[ \t]*[A-Za-z]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
-_ESCAPE = re.compile(
-    r'\\(?:(?P<ok>u[0-9a-fA-F]{4}|[bfrt](?![A-Za-z])|["\\/n])|(?P<bad>.))', re.DOTALL
-)
-_TRAILING_COMMA = re.compile(r",\s*([}\]])")
-_MISSING_COMMA = re.compile(r'(["\]}\d])(\s*)("[^"\\]*"\s*:)')
 
 
 def _strip_fence(text: str) -> str:
@@ -172,13 +214,27 @@ def _strip_fence(text: str) -> str:
     return match.group(1) if match else text
 
 
-def _json_items(text: str) -> tuple[list | None, list[str]]:
-    """The elements of the JSON list in text and the repairs made; None when there is no JSON."""
+def _literal(text: str, python: bool) -> Any:
+    """JSON, else (python=True) a Python literal, as Qwen3-VL's cookbook reads its answers; raises
+    ValueError. Only for Qwen: dots.ocr writes LaTeX, whose backslashes Python would read as escapes."""
+    try:
+        return json.loads(text, strict=False)
+    except ValueError:
+        if not python:
+            raise
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError("neither JSON nor a Python literal") from None
+
+
+def _json_items(text: str, python: bool = False) -> tuple[list | None, list[str]]:
+    """The elements of the list in text and the repairs made; None when there is no list or object."""
     body = _strip_fence(text).strip()
     try:
-        data = json.loads(body, strict=False)
+        data = _literal(body, python)
     except ValueError:
-        return _salvage_items(body)
+        return _salvage_items(body, python)
     if isinstance(data, dict):
         return [data], []
     if isinstance(data, list):
@@ -193,26 +249,28 @@ class _Scan:
     opened_list: bool = False
     truncated: bool = False
     closed_at: int | None = None
+    open_begin: int = 0  # where the unterminated element starts, when truncated
 
 
-def _scan_objects(body: str) -> _Scan | None:
-    """Top-level {...} spans, tracking strings so braces inside text do not count."""
+def _scan_objects(body: str, python: bool) -> _Scan | None:
+    """Top-level {...} spans, tracking strings (also single-quoted ones with python=True) so braces in
+    text do not count."""
     first = re.search(r"[\[{]", body)
     if first is None:
         return None
     scan = _Scan(start=first.start(), opened_list=first.group() == "[")
-    depth, begin, in_string, escaped = 0, 0, False, False
+    depth, begin, quote, escaped = 0, 0, "", False
     for i in range(first.start(), len(body)):
         ch = body[i]
-        if in_string:
+        if quote:
             if escaped:
                 escaped = False
             elif ch == "\\":
                 escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
+            elif ch == quote:
+                quote = ""
+        elif ch == '"' or (python and ch == "'" and depth > 0):
+            quote = ch
         elif ch == "{":
             if depth == 0:
                 begin = i
@@ -225,15 +283,19 @@ def _scan_objects(body: str) -> _Scan | None:
             scan.closed_at = i
             break
     scan.truncated = depth > 0
+    scan.open_begin = begin
     return scan
 
 
-def _salvage_items(body: str) -> tuple[list | None, list[str]]:
-    scan = _scan_objects(body)
+def _salvage_items(body: str, python: bool) -> tuple[list | None, list[str]]:
+    scan = _scan_objects(body, python)
     if scan is None:
         return None, []
     warnings = []
-    if scan.truncated:
+    cut_item = _cut_element(body[scan.open_begin:]) if scan.truncated else None
+    if cut_item is not None:
+        warnings.append("output was truncated: kept the last element up to the line or tag where it was cut")
+    elif scan.truncated:
         warnings.append("output was truncated: dropped an incomplete element")
     elif scan.opened_list and scan.closed_at is None:
         warnings.append("output was truncated: added the missing closing bracket")
@@ -251,12 +313,14 @@ def _salvage_items(body: str) -> tuple[list | None, list[str]]:
 
     items, repaired, dropped = [], 0, 0
     for begin, end in scan.spans:
-        item, was_repaired = _parse_element(body[begin:end])
+        item, was_repaired = _parse_element(body[begin:end], python)
         if item is None:
             dropped += 1
             continue
         repaired += was_repaired
         items.append(item)
+    if cut_item is not None:
+        items.append(cut_item)
     if repaired:
         warnings.append(f"repaired {repaired} malformed element(s)")
     if dropped:
@@ -264,19 +328,25 @@ def _salvage_items(body: str) -> tuple[list | None, list[str]]:
     return items, warnings
 
 
-def _parse_element(raw: str) -> tuple[Any, bool]:
+def _cut_element(raw: str) -> dict | None:
+    """An element cut off at the end of a line or tag (where the loop guard cuts), closed by json-repair;
+    None when it was cut mid-word or mid-box, or has no box: then its text cannot be trusted."""
+    if not raw.rstrip(" ").endswith((">", "\n", "\\n")):
+        return None
+    item = json_repair.loads(raw)
+    return item if isinstance(item, dict) and "bbox" in item else None
+
+
+def _parse_element(raw: str, python: bool) -> tuple[Any, bool]:
+    """One {...} element and whether it needed repair. json-repair mends what models get wrong (missing
+    or trailing commas, LaTeX backslashes that are not JSON escapes, unquoted keys); what it cannot
+    read at all is dropped."""
     try:
-        return json.loads(raw, strict=False), False
+        return _literal(raw, python), False
     except ValueError:
         pass
-    # LaTeX written with single backslashes (\alpha, \beta) is the common invalid-escape case;
-    # \b \f \r \t directly followed by a letter are taken as LaTeX commands, not control chars.
-    fixed = _ESCAPE.sub(lambda m: m.group(0) if m.group("ok") else "\\\\" + m.group("bad"), raw)
-    fixed = _MISSING_COMMA.sub(r"\1,\2\3", _TRAILING_COMMA.sub(r"\1", fixed))
-    try:
-        return json.loads(fixed, strict=False), True
-    except ValueError:
-        return None, False
+    repaired = json_repair.loads(raw)
+    return (repaired, True) if isinstance(repaired, dict) and repaired else (None, False)
 
 
 # ---------------------------------------------------------------- elements to blocks

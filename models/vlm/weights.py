@@ -83,6 +83,7 @@ def availability(spec: ModelSpec, packages: tuple[str, ...] = ("torch", "transfo
 
 def model_dir(spec: ModelSpec, cache_dir: str | Path | None = None) -> Path:
     """The directory to load from: local_path, else the cached snapshot. Never downloads."""
+    directory: Path | None
     if spec.local_path:
         directory = Path(spec.local_path)
         problem = weights_problem(directory)
@@ -91,9 +92,9 @@ def model_dir(spec: ModelSpec, cache_dir: str | Path | None = None) -> Path:
         problem = weights_problem(directory) if directory else f"{spec.hub_id} is not in the Hugging Face cache"
     else:
         raise FileNotFoundError("neither hub_id nor local_path is set for this model")
-    if problem:
+    if problem or directory is None:
         fix = f"; fetch it with: {download_command(spec)}" if spec.hub_id else ""
-        raise FileNotFoundError(problem + fix)
+        raise FileNotFoundError(f"{problem}{fix}")
     return directory
 
 

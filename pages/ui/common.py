@@ -4,8 +4,9 @@ No model logic here: everything goes through utils.engine.loader.Loader.
 """
 from __future__ import annotations
 
-import hashlib
 import threading
+import time
+from collections.abc import Callable
 
 import streamlit as st
 from PIL import Image, ImageDraw
@@ -14,6 +15,8 @@ from models.contract import Block
 from utils.config import cached_settings
 from utils.documents.reader import ACCEPTED_SUFFIXES, Document, DocumentError, open_document
 from utils.engine.loader import Loader, ModelStatus
+
+TOKEN_REDRAW_S = 0.1  # streamed tokens redraw the page at most ten times a second
 
 UPLOAD_TYPES = ACCEPTED_SUFFIXES
 TASK_LABELS = {"text": "Plain text", "markdown": "Markdown", "layout": "Layout (boxes + categories)",
@@ -67,35 +70,67 @@ def model_label(status: ModelStatus) -> str:
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def _open_cached(name: str, digest: str, _data: bytes) -> Document:
+def _open_cached(file_id: str, name: str, _data: bytes) -> Document:
     return open_document(name, _data, cached_settings().documents)
 
 
 def open_upload(uploaded) -> Document | None:
-    """A validated Document, or None after showing a one-line error; nothing else on the page is lost."""
-    data = uploaded.getvalue()
+    """A validated Document, or None after showing a one-line error; nothing else on the page is lost.
+
+    Keyed by the upload's file_id, so the bytes are read and hashed once per upload, not on every
+    rerun; the Document is immutable, so every rerun and session can share the cached one.
+    """
     try:
-        return _open_cached(uploaded.name, hashlib.sha256(data).hexdigest(), data)
+        return _open_cached(uploaded.file_id, uploaded.name, uploaded.getvalue())
     except DocumentError as exc:
         st.error(str(exc))
         return None
-
-
-def document_key(document: Document) -> str:
-    return f"{document.name}:{document.digest[:16]}"
-
-
-@st.cache_data(max_entries=64, show_spinner="Rendering page…")
-def _render_cached(key: str, index: int, _document: Document) -> Image.Image:
-    return _document.render(index)
 
 
 def page_image(document: Document, index: int) -> Image.Image | None:
+    """The page on screen, rendered once. Only that page is kept (one per session): a long document
+    is never held in memory as pixels."""
+    key = (document.digest, document.dpi, index)
+    shown = st.session_state.get("_shown_page")
+    if shown is not None and shown[0] == key:
+        return shown[1]
     try:
-        return _render_cached(document_key(document), index, document)
+        with st.spinner("Rendering page…"):
+            image = document.render(index).image
     except DocumentError as exc:
         st.error(str(exc))
         return None
+    st.session_state["_shown_page"] = (key, image)
+    return image
+
+
+class TokenView:
+    """Streamed tokens drawn into a placeholder, at most once per TOKEN_REDRAW_S.
+
+    A model streams many tokens a second; redrawing on each one floods the browser with messages.
+    """
+
+    def __init__(self, placeholder, tail: int, interval: float = TOKEN_REDRAW_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.placeholder = placeholder
+        self.tail = tail
+        self.interval = interval
+        self.clock = clock
+        self.draws = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """A new page: forget the previous page's tokens."""
+        self._pieces: list[str] = []
+        self._drawn_at = float("-inf")
+
+    def __call__(self, piece: str) -> None:
+        self._pieces.append(piece)
+        now = self.clock()
+        if now - self._drawn_at >= self.interval:
+            self._drawn_at = now
+            self.draws += 1
+            self.placeholder.code("".join(self._pieces)[-self.tail:], language=None)
 
 
 def draw_boxes(image: Image.Image, blocks: list[Block]) -> Image.Image:

@@ -9,6 +9,22 @@ from pathlib import Path
 from models.contract import PageResult
 
 FORMATS = ("txt", "md", "json")
+# Fields of each page in `cli.py ocr --format json` and the HTTP API's /v1/ocr, in this order; a page
+# that failed has only page, model, task and error set (the others null).
+PAGE_FIELDS = ("page", "model", "task", "text", "markdown", "blocks", "raw", "device", "dtype", "profile",
+               "seconds", "load_seconds", "tokens", "truncated", "warnings", "error")
+
+
+def page_json(result: PageResult) -> dict:
+    """One page as the CLI and the API report it: 1-based page number, the fields above."""
+    data = result.model_dump(mode="json")
+    data["page"] = (result.page or 0) + 1
+    return {key: data.get(key) for key in PAGE_FIELDS}
+
+
+def failed_page_json(page: int, model: str, task: str, error: str | None) -> dict:
+    """A page (0-based) that has no result, as the CLI and the API report it."""
+    return {key: None for key in PAGE_FIELDS} | {"page": page + 1, "model": model, "task": task, "error": error}
 
 
 def page_text(result: PageResult, fmt: str) -> str:

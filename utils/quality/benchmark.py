@@ -1,17 +1,20 @@
 """Speed and memory of models through the app's loader, beside the raw engines they wrap.
 
 For each model, every page of the folder's documents (or the first --limit pages) goes through
-`Loader.run`. For the classic engines the same pages also go through the raw engine:
+`run_pages`, the page runner the app uses. For the classic engines the same pages also go
+through the raw engine:
 - tesseract: the `tesseract IMG - -l LANGS --psm N` command, one process per page (so its load
   time is paid on every page, as it is for any script that shells out to it);
 - rapidocr: a `RapidOCR` object created and called in this process, with the adapter's settings.
 
-Pages are rendered once per run into temporary PNG files, outside the timed region, so the app
-and the raw engine see the same pixels. Latency is the wall time of one call minus the model's
-load time. Memory is the resident set size (RSS) of this process and all its children (an
-inference worker, a tesseract process), summed and sampled every 20 ms in a thread: "peak" is the
-highest sample during the run, "added" is that peak minus the sample taken just before it. Shared
-pages are counted once per process, so the sum can overstate the truth a little.
+For the raw engines, pages are rendered once per run into temporary PNG files, outside the timed
+region; the app renders the same pages itself (rendering is deterministic, so both see the same
+pixels). Latency is the wall time of one recognition call (rendering excluded) minus the model's
+load time. A page that cannot be rendered is reported on its own; the other pages still run.
+Memory is the resident set size (RSS) of this process and all its children (an inference
+worker, a tesseract process), summed and sampled every 20 ms in a thread: "peak" is the highest
+sample during the run, "added" is that peak minus the sample taken just before it. Shared pages
+are counted once per process, so the sum can overstate the truth a little.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,7 @@ from PIL import Image
 from utils.config import DocumentLimits, Settings
 from utils.documents.reader import EXTENSIONS, DocumentError, open_path
 from utils.engine.loader import Loader
+from utils.engine.runner import run_pages
 from utils.messages import one_line
 
 MB = 1024 * 1024
@@ -85,7 +90,8 @@ class MemorySampler:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         self._sample()
 
     @property
@@ -115,6 +121,7 @@ class PageRef:
     document: str
     index: int  # 0-based
     png: Path
+    source: Path  # the document file the page belongs to
 
 
 @dataclass
@@ -122,6 +129,8 @@ class BenchRow:
     model: str
     engine: str  # "app" or "raw:<what>"
     latencies: list[float] = field(default_factory=list)
+    timed_pages: list[PageRef] = field(default_factory=list)  # the page of each latency
+    page_errors: list[str] = field(default_factory=list)
     load_seconds: float | None = None
     first_call_seconds: float | None = None  # wall time of the first page, load and start-up included
     peak_rss_mb: float | None = None
@@ -151,46 +160,62 @@ class BenchRow:
                 "first_call_s": self.first_call_seconds,
                 "p50_s": self.p50, "p95_s": self.p95, "pages_per_s": self.pages_per_second,
                 "peak_rss_mb": self.peak_rss_mb, "added_rss_mb": self.added_rss_mb,
-                "peak_vram_mb": self.peak_vram_mb, "error": self.error}
+                "peak_vram_mb": self.peak_vram_mb, "error": self.error or "; ".join(self.page_errors) or None}
 
 
 def render_pages(folder: Path, target: Path, limit: int | None = None, limits: DocumentLimits | None = None,
                  errors: list[str] | None = None) -> list[PageRef]:
-    """Every page of the folder's documents as a PNG in target, in name order; bad documents go to errors."""
+    """Every page of the folder's documents as a PNG in target, in name order.
+
+    A document that cannot be opened, or a page that cannot be rendered, goes to errors; the other
+    pages are still rendered.
+    """
     refs: list[PageRef] = []
     for path in sorted(Path(folder).iterdir()):
         if not (path.is_file() and path.suffix.lower() in EXTENSIONS):
             continue
         try:
             document = open_path(path, limits)
-            for index in range(document.page_count):
-                if limit is not None and len(refs) >= limit:
-                    return refs
-                png = target / f"{len(refs):04d}_{path.stem}_p{index + 1}.png"
-                document.render(index).save(png)
-                refs.append(PageRef(path.name, index, png))
         except DocumentError as exc:
             if errors is not None:
                 errors.append(str(exc))
+            continue
+        for index in range(document.page_count):
+            if limit is not None and len(refs) >= limit:
+                return refs
+            png = target / f"{len(refs):04d}_{path.stem}_p{index + 1}.png"
+            try:
+                document.render(index).image.save(png)
+            except DocumentError as exc:
+                if errors is not None:
+                    errors.append(str(exc))
+                continue
+            refs.append(PageRef(path.name, index, png, path))
     return refs
 
 
 def bench_app(loader: Loader, model: str, pages: list[PageRef], task: str = "text",
-              vram_reader: Callable[[], float | None] | None = None) -> BenchRow:
+              vram_reader: Callable[[], float | None] | None = None,
+              limits: DocumentLimits | None = None) -> BenchRow:
+    """The pages through run_pages, document by document, as the app runs them."""
     row = BenchRow(model, "app")
     try:
         with MemorySampler(vram_reader=vram_reader) as memory:
-            for ref in pages:
-                with Image.open(ref.png) as img:
-                    image = img.convert("RGB")
-                started = time.perf_counter()
-                result = loader.run(model, image, task, page=ref.index, source=ref.document)
-                wall = time.perf_counter() - started
-                if row.first_call_seconds is None:
-                    row.first_call_seconds = wall
-                if result.load_seconds is not None:
-                    row.load_seconds = (row.load_seconds or 0.0) + result.load_seconds
-                row.latencies.append(wall - (result.load_seconds or 0.0))
+            for source, group in groupby(pages, key=lambda ref: ref.source):
+                refs = {ref.index: ref for ref in group}
+                document = open_path(source, limits)
+                for outcome in run_pages(loader, document, list(refs), model, task):
+                    result = outcome.result
+                    if result is None:
+                        row.page_errors.append(outcome.error or f"page {outcome.page + 1} failed")
+                        continue
+                    wall = outcome.wall_seconds or 0.0
+                    if row.first_call_seconds is None:
+                        row.first_call_seconds = wall
+                    if result.load_seconds is not None:
+                        row.load_seconds = (row.load_seconds or 0.0) + result.load_seconds
+                    row.latencies.append(wall - (result.load_seconds or 0.0))
+                    row.timed_pages.append(refs[outcome.page])
     except Exception as exc:  # one model failing must not end the benchmark of the others
         row.error = f"{type(exc).__name__}: {one_line(exc)}"
     row.peak_rss_mb, row.added_rss_mb, row.peak_vram_mb = memory.peak_mb, memory.added_mb, memory.peak_vram_mb
@@ -210,6 +235,7 @@ def bench_raw_tesseract(model: str, options: dict, pages: list[PageRef]) -> Benc
             started = time.perf_counter()
             done = subprocess.run(command, capture_output=True)
             row.latencies.append(time.perf_counter() - started)
+            row.timed_pages.append(ref)
             row.first_call_seconds = row.first_call_seconds or row.latencies[0]
             if done.returncode != 0:
                 row.error = f"tesseract exited {done.returncode}: {done.stderr.decode(errors='replace').strip()[:200]}"
@@ -234,6 +260,7 @@ def bench_raw_rapidocr(model: str, options: dict, pages: list[PageRef]) -> Bench
             started = time.perf_counter()
             engine(bgr)
             row.latencies.append(time.perf_counter() - started)
+            row.timed_pages.append(ref)
             if row.first_call_seconds is None:
                 row.first_call_seconds = row.load_seconds + row.latencies[0]
         del engine
@@ -276,7 +303,7 @@ def run_benchmark(folder: Path, models: list[str], settings: Settings, work_dir:
             on_progress(f"{model}: {len(pages)} page(s) through the app")
         loader = Loader(settings)
         try:
-            rows.append(bench_app(loader, model, pages, task, vram_reader))
+            rows.append(bench_app(loader, model, pages, task, vram_reader, settings.documents))
         finally:
             loader.close()
         raw_engine = RAW_ENGINES.get(settings.model(model).adapter)
@@ -315,7 +342,7 @@ def write_pages_csv(report: BenchReport, path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(("model", "engine", "document", "page", "seconds"))
         for row in report.rows:
-            for ref, seconds in zip(report.pages, row.latencies):
+            for ref, seconds in zip(row.timed_pages, row.latencies):
                 writer.writerow((row.model, row.engine, ref.document, ref.index + 1, f"{seconds:.4f}"))
 
 
@@ -355,8 +382,8 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 def format_report(report: BenchReport) -> str:
     lines = [f"{len(report.pages)} page(s)"]
     lines += [f"document error: {error}" for error in report.document_errors]
-    header = ("model", "engine", "pages", "load s", "first page s", "p50 s", "p95 s", "pages/s", "peak RSS MB", "added RSS MB",
-              "peak VRAM MB")
+    header = ("model", "engine", "pages", "load s", "first page s", "p50 s", "p95 s", "pages/s", "peak RSS MB",
+              "added RSS MB", "peak VRAM MB")
     lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in report.rows:
         cells = [row.model, row.engine, str(row.pages), _fmt(row.load_seconds), _fmt(row.first_call_seconds),
@@ -366,11 +393,12 @@ def format_report(report: BenchReport) -> str:
         lines.append("| " + " | ".join(cells) + " |")
         if row.error:
             lines.append(f"  error ({row.model} {row.engine}): {row.error}")
+        lines += [f"  page error ({row.model} {row.engine}): {error}" for error in row.page_errors]
     pairs = list(report.pairs())
     if pairs:
-        header = ("model", "raw engine", "p50 app/raw", "p95 app/raw", "pages/s app/raw", "peak RSS app/raw",
-                  "added RSS app/raw")
-        lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        ratio_header = ("model", "raw engine", "p50 app/raw", "p95 app/raw", "pages/s app/raw", "peak RSS app/raw",
+                        "added RSS app/raw")
+        lines += ["", "| " + " | ".join(ratio_header) + " |", "|" + "|".join("---" for _ in ratio_header) + "|"]
         for app, raw in pairs:
             r = ratios(app, raw)
             lines.append("| " + " | ".join([app.model, raw.engine.removeprefix("raw:"), _fmt(r["p50"]),

@@ -5,16 +5,16 @@ A folder holds documents (images and PDFs). For each document `<stem>.<ext>`:
   feed (\\f). A document without one is listed under `missing_truth` and not run.
 - `<stem>.keys`, optional, holds keywords, one a line, scored as keyword recall.
 
-Scores use utils.quality.metrics (normalised text). Per document, CER and WER are weighted by length:
-the summed edit distance of its pages over the summed reference length; bag-of-words counts are
-summed over pages; keywords are looked for in all its pages' text. A model's aggregate is the
-plain mean over its scored documents (each document counts once), and the timing is the wall time
-of each `Loader.run` call minus the model's load time, as p50/p95 over pages.
+Pages run through utils.engine.runner.run_pages and are scored by utils.quality.scoring, the scorer
+the Compare page uses: per document, CER and WER are the summed edit distance of its pages over the
+summed reference length (normalised text); bag-of-words counts are summed over pages; keywords are
+looked for in all its pages' text. A page that fails is listed with its error and the document is
+scored on its other pages. A model's aggregate is the plain mean over its scored documents (each
+document counts once), and the timing is the wall time of each page's recognition call minus the
+model's load time, as p50/p95 over pages.
 """
 from __future__ import annotations
 
-import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +24,9 @@ import numpy as np
 from utils.config import DocumentLimits, Settings
 from utils.documents.reader import EXTENSIONS, DocumentError, open_path
 from utils.engine.loader import Loader
+from utils.engine.runner import run_pages
 from utils.messages import one_line
-from utils.quality import metrics
+from utils.quality import scoring
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,16 @@ class EvalItem:
 @dataclass
 class PageEval:
     page: int  # 1-based
-    seconds: float
-    inference_seconds: float
-    load_seconds: float | None
-    cer: float
-    wer: float
-    char_errors: int
-    reference_chars: int
-    text: str
+    seconds: float | None = None
+    inference_seconds: float | None = None
+    load_seconds: float | None = None
+    cer: float | None = None  # None when the page failed, or was scored joined with others
+    wer: float | None = None
+    char_errors: int | None = None
+    reference_chars: int | None = None
+    text: str = ""
     warnings: list[str] = field(default_factory=list)
+    error: str | None = None  # this page could not be read or recognised; the others still count
 
 
 @dataclass
@@ -62,6 +64,12 @@ class DocumentEval:
     bow_f1: float | None = None
     keyword_recall: float | None = None
     keywords_missed: list[str] = field(default_factory=list)
+    char_errors: int | None = None
+    reference_chars: int | None = None
+
+    @property
+    def page_errors(self) -> int:
+        return sum(p.error is not None for p in self.pages)
 
 
 @dataclass
@@ -72,14 +80,15 @@ class ModelEval:
 
     def aggregate(self) -> dict:
         scored = [d for d in self.documents if d.error is None and d.cer is not None]
-        seconds = [p.seconds for d in scored for p in d.pages]
+        seconds = [p.seconds for d in scored for p in d.pages if p.seconds is not None]
         loads = [p.load_seconds for d in self.documents for p in d.pages if p.load_seconds is not None]
-        errors = sum(p.char_errors for d in scored for p in d.pages)
-        chars = sum(p.reference_chars for d in scored for p in d.pages)
+        errors = sum(d.char_errors or 0 for d in scored)
+        chars = sum(d.reference_chars or 0 for d in scored)
         return {
             "documents": len(scored),
             "pages": len(seconds),
             "errors": sum(d.error is not None for d in self.documents),
+            "page_errors": sum(d.page_errors for d in self.documents if d.error is None),
             "mean_cer": _mean([d.cer for d in scored]),
             "mean_wer": _mean([d.wer for d in scored]),
             "mean_keyword_recall": _mean([d.keyword_recall for d in scored if d.keyword_recall is not None]),
@@ -114,8 +123,9 @@ class EvalReport:
 ProgressCallback = Callable[[str, int, int, DocumentEval], None]
 
 
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -127,7 +137,8 @@ def parse_model_list(spec: str | None, settings: Settings) -> list[str]:
     names = [n.strip() for n in spec.split(",") if n.strip()] if spec else list(settings.default_models)
     unknown = [n for n in names if n not in settings.models]
     if unknown or not names:
-        raise ValueError(f"unknown model(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(settings.models)}")
+        raise ValueError(f"unknown model(s) {', '.join(unknown) or '(none given)'}; "
+                         f"known: {', '.join(settings.models)}")
     return list(dict.fromkeys(names))
 
 
@@ -142,65 +153,65 @@ def find_items(folder: Path) -> list[EvalItem]:
     return items
 
 
-def read_truth(path: Path) -> list[str]:
-    """Ground-truth pages: the file split on form feeds."""
-    return path.read_text(encoding="utf-8-sig").split("\f")
-
-
 def read_keywords(path: Path | None) -> list[str]:
     if path is None:
         return []
     return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
 
 
-def _score_document(doc: DocumentEval, truths: list[str], keywords: list[str]) -> None:
-    texts = [p.text for p in doc.pages]
-    errors = sum(p.char_errors for p in doc.pages)
-    chars = sum(p.reference_chars for p in doc.pages)
-    word_counts = [metrics.word_errors(text, truth) for text, truth in zip(texts, truths)]
-    word_errors, ref_words = sum(e for e, _ in word_counts), sum(n for _, n in word_counts)
-    doc.cer = errors / chars if chars else (0.0 if errors == 0 else 1.0)
-    doc.wer = word_errors / ref_words if ref_words else (0.0 if word_errors == 0 else 1.0)
-    hyp_bag = sum((metrics.bag_of_words(t) for t in texts), Counter())
-    ref_bag = sum((metrics.bag_of_words(t) for t in truths), Counter())
-    bag = metrics.bag_scores_from_counts(hyp_bag, ref_bag)
-    doc.bow_precision, doc.bow_recall, doc.bow_f1 = bag.precision, bag.recall, bag.f1
-    hits = metrics.keyword_hits("\n".join(texts), keywords)
-    if hits:
-        doc.keyword_recall = sum(found for _, found in hits) / len(hits)
-        doc.keywords_missed = [keyword for keyword, found in hits if not found]
+def _apply_score(doc: DocumentEval, score: scoring.DocumentScore) -> None:
+    doc.cer, doc.wer = score.cer, score.wer
+    doc.bow_precision, doc.bow_recall, doc.bow_f1 = score.bow_precision, score.bow_recall, score.bow_f1
+    doc.keyword_recall, doc.keywords_missed = score.keyword_recall, list(score.keywords_missed)
+    doc.char_errors, doc.reference_chars = score.char_errors, score.reference_chars
+    doc.notes.extend(score.notes)
+    for page in doc.pages:
+        own = score.page(page.page - 1)
+        if own is not None:
+            page.cer, page.wer = own.cer, own.wer
+            page.char_errors, page.reference_chars = own.char_errors, own.reference_chars
 
 
 def evaluate_document(loader: Loader, model: str, item: EvalItem, task: str = "text",
                       limits: DocumentLimits | None = None) -> DocumentEval:
-    """Run one model over one document and score it; every failure is recorded, never raised."""
+    """Run one model over one document and score it; every failure is recorded, never raised.
+
+    The pages that have a part in the ground truth are run (all of them when it has one part per
+    page); a page that fails is recorded with its error and the document is scored on the others.
+    """
     doc = DocumentEval(file=item.document.name)
     try:
-        truths = read_truth(item.truth)
+        if item.truth is None:
+            raise DocumentError(f"{item.document.name}: no ground truth (.txt) beside it")
+        reference = item.truth.read_text(encoding="utf-8-sig")
         keywords = read_keywords(item.keys)
         document = open_path(item.document, limits)
-        if len(truths) != document.page_count:
-            doc.notes.append(f"ground truth has {len(truths)} page(s), the document {document.page_count}; "
-                             f"scoring the first {min(len(truths), document.page_count)}")
-        truths = truths[:document.page_count]
-        for index in range(len(truths)):
-            image = document.render(index)
-            started = time.perf_counter()
-            result = loader.run(model, image, task, page=index, source=document.name)
-            wall = time.perf_counter() - started
-            text = result.text or result.markdown
+        parts = len(scoring.reference_parts(reference))
+        if parts != document.page_count:
+            doc.notes.append(f"ground truth has {parts} page(s), the document {document.page_count}; "
+                             f"scoring the first {min(parts, document.page_count)}")
+        texts: dict[int, str] = {}
+        for outcome in run_pages(loader, document, range(min(parts, document.page_count)), model, task):
+            result = outcome.result
+            if result is None:
+                doc.pages.append(PageEval(page=outcome.page + 1, error=outcome.error))
+                doc.notes.append(f"not scored: {outcome.error}")
+                continue
+            texts[outcome.page] = scoring.scored_text(result)
             doc.pages.append(PageEval(
-                page=index + 1, seconds=wall - (result.load_seconds or 0.0), inference_seconds=result.seconds,
-                load_seconds=result.load_seconds, cer=metrics.cer(text, truths[index]),
-                wer=metrics.wer(text, truths[index]), char_errors=metrics.char_distance(text, truths[index]),
-                reference_chars=len(metrics.normalize(truths[index])), text=text,
-                warnings=document.warnings + result.warnings))
-        _score_document(doc, truths, keywords)
+                page=outcome.page + 1, seconds=(outcome.wall_seconds or 0.0) - (result.load_seconds or 0.0),
+                inference_seconds=result.seconds, load_seconds=result.load_seconds, text=texts[outcome.page],
+                warnings=list(result.warnings)))
+        if not texts:
+            doc.error = next(p.error for p in doc.pages if p.error) if doc.pages else \
+                f"{item.document.name}: no page to score"
+            return doc
+        _apply_score(doc, scoring.score_document(texts, reference, document.page_count, keywords))
     except DocumentError as exc:
         doc.error = one_line(exc)
     except UnicodeDecodeError as exc:
         doc.error = f"{item.truth.name if item.truth else item.document.name}: not UTF-8 text ({exc.reason})"
-    except Exception as exc:  # a failing page must not end the evaluation of the other documents
+    except Exception as exc:  # a failing model must not end the evaluation of the other documents
         doc.error = f"{item.document.name}: {type(exc).__name__}: {one_line(exc)}"
     return doc
 
@@ -262,7 +273,7 @@ def document_rows(entry: ModelEval) -> list[list[str]]:
         if doc.error:
             rows.append([doc.file, "—", "—", "—", "—", "—", doc.error])
             continue
-        seconds = sum(p.seconds for p in doc.pages)
+        seconds = sum(p.seconds for p in doc.pages if p.seconds is not None)
         rows.append([doc.file, str(len(doc.pages)), _fmt(doc.cer, True), _fmt(doc.wer, True),
                      _fmt(doc.bow_f1, True), _fmt(seconds), "; ".join(doc.notes)])
     return rows
@@ -277,7 +288,8 @@ def format_report(report: EvalReport, per_document: bool = True) -> str:
     if per_document:
         for entry in report.models:
             parts.append(f"## {entry.model}")
-            parts.append(f"error: {entry.error}" if entry.error else markdown_table(DOCUMENT_COLUMNS, document_rows(entry)))
+            parts.append(f"error: {entry.error}" if entry.error
+                         else markdown_table(DOCUMENT_COLUMNS, document_rows(entry)))
     parts.append(f"## Summary (task {report.task}, mean over documents)")
     parts.append(markdown_table(TABLE_COLUMNS, table_rows(report)))
     if report.missing_truth:

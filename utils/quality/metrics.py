@@ -43,7 +43,7 @@ _DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
 _SINGLE_QUOTES = "\u2018\u2019\u201a\u201b\u2032"
 _DOUBLE_QUOTES = "\u201c\u201d\u201e\u201f\u00ab\u00bb\u2033"
 
-_TABLE = {ord(ch): None for ch in _REMOVED}
+_TABLE: dict[int, str | None] = {ord(ch): None for ch in _REMOVED}
 _TABLE.update({ord(ch): "-" for ch in _DASHES})
 _TABLE.update({ord(ch): "'" for ch in _SINGLE_QUOTES})
 _TABLE.update({ord(ch): '"' for ch in _DOUBLE_QUOTES})

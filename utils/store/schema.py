@@ -1,0 +1,150 @@
+"""The store's schema, versioned: PRAGMA user_version is the number of migrations applied.
+
+A migration is a list of statements, applied once, in order, inside one write transaction, so two
+processes opening a new database at the same time cannot both apply it. Never edit a released
+migration: append a new one.
+"""
+from __future__ import annotations
+
+import sqlite3
+
+V1 = [
+    # Source documents, by content hash; `file` is set while a copy is kept in the files folder.
+    """CREATE TABLE documents (
+        digest TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        page_count INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        file TEXT,
+        last_used REAL NOT NULL,
+        created_at REAL NOT NULL)""",
+    # One row per recognised page, never updated; `result` is the whole PageResult as JSON.
+    """CREATE TABLE results (
+        id INTEGER PRIMARY KEY,
+        digest TEXT NOT NULL,
+        page INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        task TEXT NOT NULL,
+        variant TEXT,
+        document_name TEXT NOT NULL,
+        document_kind TEXT,
+        render_dpi INTEGER,
+        options TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        device TEXT NOT NULL,
+        text TEXT NOT NULL,
+        markdown TEXT NOT NULL,
+        seconds REAL,
+        load_seconds REAL,
+        tokens INTEGER,
+        truncated INTEGER NOT NULL DEFAULT 0,
+        result TEXT NOT NULL,
+        events TEXT NOT NULL DEFAULT '[]',
+        job_id INTEGER,
+        created_at REAL NOT NULL)""",
+    "CREATE INDEX results_created ON results(created_at DESC, id DESC)",
+    "CREATE INDEX results_key ON results(digest, page, model, task)",
+    "CREATE INDEX results_document ON results(document_name)",
+    "CREATE INDEX results_job ON results(job_id)",
+    """CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        name TEXT NOT NULL,
+        task TEXT NOT NULL,
+        models TEXT NOT NULL,
+        options TEXT NOT NULL,
+        pages TEXT,
+        status TEXT NOT NULL,
+        error TEXT,
+        owner TEXT,
+        heartbeat REAL,
+        created_at REAL NOT NULL,
+        finished_at REAL)""",
+    "CREATE INDEX jobs_fingerprint ON jobs(fingerprint)",
+    # `path` (and `member` inside a zip) is where the command line read the document; uploads have
+    # none and are read back from the kept copy, which stays while the job is unfinished.
+    """CREATE TABLE job_documents (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        digest TEXT,
+        path TEXT,
+        member TEXT,
+        page_count INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        PRIMARY KEY (job_id, position))""",
+    "CREATE INDEX job_documents_digest ON job_documents(digest)",
+    # A job page is pending until its result (or its error) is written in the same transaction.
+    """CREATE TABLE job_pages (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        page INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        result_id INTEGER REFERENCES results(id) ON DELETE SET NULL,
+        error TEXT,
+        seconds REAL,
+        finished_at REAL,
+        PRIMARY KEY (job_id, model, position, page))""",
+    "CREATE INDEX job_pages_status ON job_pages(job_id, status)",
+]
+
+# Full-text search over the recognised text, where this SQLite has FTS5 (the search falls back to LIKE).
+# The tokenizer folds case in every script and Latin accents; ё/Ё are indexed as е/Е (Russian writers
+# mostly type е), the search words get the same treatment.
+_YO = "replace(replace({}, 'ё', 'е'), 'Ё', 'Е')"
+V1_SEARCH = [
+    """CREATE VIRTUAL TABLE results_fts USING fts5(text, markdown, document_name, content='results',
+        content_rowid='id', tokenize='unicode61 remove_diacritics 2')""",
+    f"""CREATE TRIGGER results_fts_insert AFTER INSERT ON results BEGIN
+        INSERT INTO results_fts(rowid, text, markdown, document_name)
+        VALUES (new.id, {_YO.format('new.text')}, {_YO.format('new.markdown')}, new.document_name); END""",
+    f"""CREATE TRIGGER results_fts_delete AFTER DELETE ON results BEGIN
+        INSERT INTO results_fts(results_fts, rowid, text, markdown, document_name)
+        VALUES ('delete', old.id, {_YO.format('old.text')}, {_YO.format('old.markdown')}, old.document_name); END""",
+]
+
+
+def _v1(con: sqlite3.Connection) -> None:
+    for statement in V1:
+        con.execute(statement)
+    if fts5_available(con):
+        for statement in V1_SEARCH:
+            con.execute(statement)
+
+
+MIGRATIONS = (_v1,)
+VERSION = len(MIGRATIONS)
+
+
+class SchemaError(RuntimeError):
+    """The database cannot be used by this version of the app."""
+
+
+def fts5_available(con: sqlite3.Connection) -> bool:
+    try:
+        con.execute("CREATE VIRTUAL TABLE temp.fts5_probe USING fts5(x)")
+    except sqlite3.OperationalError:
+        return False
+    con.execute("DROP TABLE temp.fts5_probe")
+    return True
+
+
+def migrate(con: sqlite3.Connection, path: str) -> int:
+    """Bring the database up to VERSION; returns the version found before. `con` is in autocommit mode."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        found = con.execute("PRAGMA user_version").fetchone()[0]
+        if found > VERSION:
+            raise SchemaError(f"{path}: written by a newer version of the app (schema {found}; this one knows "
+                              f"up to {VERSION}); upgrade the app or set store.path to another file")
+        for migration in MIGRATIONS[found:]:
+            migration(con)
+        if found < VERSION:
+            con.execute(f"PRAGMA user_version = {VERSION}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return found
