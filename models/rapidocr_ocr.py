@@ -91,7 +91,7 @@ class RapidOCRAdapter(ModelAdapter):
                     "RapidOCR's bundled models do not read (they read Latin and Chinese only) — for Cyrillic "
                     "use Tesseract (rus+eng)"]
         language = TESSERACT_LANGUAGE.get(script)
-        engine = f"Tesseract ({language})" if language else "Tesseract with that script's language data"
+        engine = f"Tesseract ({language}+eng)" if language else "Tesseract with that script's language data"
         return [f"this page looks {script}; RapidOCR's bundled models read Latin and Chinese only "
                 f"({share:.0%} of its words came back empty) — use {engine}"]
 

@@ -211,8 +211,9 @@ class TesseractAdapter(ModelAdapter):
                     lines.append(Line(words=[], size=item.RowAttributes()["row_height"], block=block,
                                       new_paragraph=item.IsAtBeginningOf(ril.PARA),
                                       score=round(item.Confidence(ril.TEXTLINE) / 100.0, 4)))
-                if not item.Empty(ril.WORD):
-                    lines[-1].words.append(Word(text=item.GetUTF8Text(ril.WORD), bbox=item.BoundingBox(ril.WORD)))
+                text = "" if item.Empty(ril.WORD) else item.GetUTF8Text(ril.WORD).strip()
+                if text:  # Tesseract gives blots a word of spaces
+                    lines[-1].words.append(Word(text=text, bbox=item.BoundingBox(ril.WORD)))
             regions = self._regions(api) if with_regions else []
         finally:
             api.Clear()

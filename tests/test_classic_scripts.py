@@ -135,7 +135,7 @@ def test_rapidocr_warns_on_a_cyrillic_page_and_names_the_engine_that_reads_it(po
     result = pool.run("rapidocr", render_text_page(RU_LINES), "text")
     assert len(result.warnings) == 1, result.warnings
     warning = result.warnings[0]
-    assert "Tesseract (rus" in warning and "Latin and Chinese only" in warning
+    assert "Tesseract (rus+eng)" in warning and "Latin and Chinese only" in warning
     if OsdScriptDetector.create() is not None:
         assert warning.startswith("this page looks Cyrillic;")
 

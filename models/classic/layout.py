@@ -46,7 +46,7 @@ class Line:
 
     @property
     def text(self) -> str:
-        return " ".join(w.text for w in self.words if w.text)
+        return " ".join(w.text.strip() for w in self.words if w.text.strip())
 
     @property
     def bbox(self) -> Box:
@@ -69,7 +69,7 @@ class Cell:
 
     @property
     def text(self) -> str:
-        return " ".join(w.text for w in self.words if w.text)
+        return " ".join(w.text.strip() for w in self.words if w.text.strip())
 
 
 @dataclass
@@ -146,7 +146,7 @@ def find_tables(lines: list[Line]) -> list[Table]:
 
 def split_cells(line: Line) -> list[list[Word]]:
     """The line's words, split where the gap is far wider than a space."""
-    words = sorted((w for w in line.words if w.text), key=lambda w: w.bbox[0])
+    words = sorted((w for w in line.words if w.text.strip()), key=lambda w: w.bbox[0])
     cells: list[list[Word]] = []
     for word in words:
         if cells and word.bbox[0] - cells[-1][-1].bbox[2] <= CELL_GAP * line.height:
