@@ -21,6 +21,7 @@ class RunOptions(BaseModel):
     prompt: str | None = None
     max_pixels: int | None = None
     max_new_tokens: int | None = None
+    languages: str | None = None  # an OCR engine's languages for this document, e.g. "rus+eng" (Tesseract)
 
     def output_key(self, task: str) -> str | None:
         """What in these options changes the output: the free prompt. Budgets lowered for a retry
