@@ -1,0 +1,95 @@
+"""Extract a template's fields from a document with one model, through the one page runner.
+
+Classic engines (no free-prompt task) recognise the pages' text and the fields are found by the
+template's labels (utils/extraction/classic.py); vision-language models are asked for JSON page by
+page (utils/extraction/vlm.py), the first value found for a field winning. Either way the result is
+an Extraction whose problems say what is missing; a page that fails is a problem, not the end.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from models.contract import RunOptions, TokenCallback
+from utils.documents.reader import Document
+from utils.engine.loader import Loader
+from utils.engine.runner import PageStarted, run_pages
+from utils.extraction.classic import Line, find_fields, lines_of
+from utils.extraction.result import ExtractedField, Extraction, check_problems, empty_fields
+from utils.extraction.templates import Template
+from utils.extraction.vlm import max_new_tokens, read_fields
+
+
+class PageFailed(RuntimeError):
+    """A page the model could not answer; the message is the runner's one line."""
+
+
+def engine_kind(loader: Loader, model: str) -> str:
+    """"vlm" for a model that takes a free prompt, "classic" for an OCR engine."""
+    return "vlm" if "prompt" in loader.settings.model(model).tasks else "classic"
+
+
+def extract_document(loader: Loader, document: Document, template: Template, model: str,
+                     pages: Sequence[int] | None = None, *, on_page: PageStarted | None = None,
+                     on_token: TokenCallback | None = None, stop: threading.Event | None = None) -> Extraction:
+    """The template's fields in `pages` (default: every page) of `document`.
+
+    Raises ModelUnavailable (no page could succeed); every other failure is in the result."""
+    indices = list(range(document.page_count) if pages is None else pages)
+    extraction = Extraction(file=document.name, template=template.name, model=model,
+                            fields=empty_fields(template), pages=indices)
+    if engine_kind(loader, model) == "classic":
+        notes = _classic(loader, document, template, model, indices, extraction, on_page, stop)
+    else:
+        notes = _vlm(loader, document, template, model, indices, extraction, on_page, on_token, stop)
+    extraction.problems = check_problems(template, extraction, notes)
+    return extraction
+
+
+def _classic(loader, document, template, model, indices, extraction, on_page, stop) -> list[str]:
+    lines: list[Line] = []
+    errors: list[str] = []
+    for outcome in run_pages(loader, document, indices, model, "text", on_page=on_page, stop=stop):
+        if outcome.result is None:
+            errors.append(outcome.error or f"page {outcome.page + 1}: no result")
+        else:
+            lines += lines_of(outcome.result, outcome.page)
+    if errors and not lines:
+        extraction.error = errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more pages)"
+        return []
+    extraction.fields = find_fields(template, lines, "classic", model)
+    return errors
+
+
+def _vlm(loader, document, template, model, indices, extraction, on_page, on_token, stop) -> list[str]:
+    notes: list[str] = []
+    failed: list[str] = []
+    for done, index in enumerate(indices):
+        if stop is not None and stop.is_set():
+            break
+        if on_page is not None:
+            on_page(done, len(indices), index)
+
+        def ask(prompt: str, index: int = index) -> str:
+            options = RunOptions(prompt=prompt, max_new_tokens=max_new_tokens(template))
+            for outcome in run_pages(loader, document, [index], model, "prompt", options, on_token=on_token):
+                if outcome.result is None:
+                    raise PageFailed(outcome.error or f"page {index + 1}: no result")
+                return outcome.result.text
+            raise PageFailed(f"page {index + 1}: no result")
+
+        try:
+            fields, problems, answers = read_fields(ask, template, model)
+        except PageFailed as exc:
+            failed.append(str(exc))
+            continue
+        extraction.answers += answers
+        prefix = f"page {index + 1}: " if len(indices) > 1 else ""
+        notes += [prefix + problem for problem in problems]
+        for name, field in fields.items():
+            if extraction.fields[name].value is None and field.value is not None:
+                extraction.fields[name] = ExtractedField(value=field.value, source=field.source, page=index)
+    if failed and len(failed) == len(indices):
+        extraction.error = failed[0] if len(failed) == 1 else f"{failed[0]} (and {len(failed) - 1} more pages)"
+        return []
+    return failed + notes
