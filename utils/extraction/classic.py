@@ -15,6 +15,9 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+from PIL import Image
+
 from models.contract import PageResult
 from utils.extraction.normalise import Found, find_value, normalise
 from utils.extraction.result import ExtractedField
@@ -52,7 +55,7 @@ def label_regex(label: str) -> str:
     parts = []
     for position, ch in enumerate(fold(label)):
         if ch == " ":
-            parts.append(r"[\s.,:]*")
+            parts.append(r"[\s.,:'’`\"]*")
         elif ch == "." and position < len(label) - 1:
             parts.append(r"\.?")
         elif ch == "-":
@@ -78,11 +81,113 @@ class Line:
     page: int
     text: str
     bbox: Box
+    # (x1, x2) of each whitespace-separated word, when the page image showed them.
+    words: tuple[tuple[float, float], ...] | None = None
 
 
-def lines_of(result: PageResult, page: int) -> list[Line]:
-    """The recognised lines of one page with their boxes; the plain text's lines when there are no boxes."""
-    lines = [Line(page, block.text, block.bbox) for block in result.blocks if block.text.strip()]
+def _otsu(pixels: np.ndarray) -> float:
+    """The grey level that best splits ink from paper in this crop."""
+    histogram = np.bincount(pixels.ravel(), minlength=256).astype(np.float64)
+    total = histogram.sum()
+    levels = np.arange(256)
+    weight = np.cumsum(histogram)
+    mean = np.cumsum(histogram * levels)
+    between = (mean[-1] * weight - mean * total) ** 2 / np.maximum(weight * (total - weight), 1e-9)
+    return float(np.argmax(between))
+
+
+def _ink_runs(gray: Image.Image, box: Box) -> list[tuple[int, int]]:
+    """Runs of page columns holding ink inside `box`, in page x."""
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    if x2 <= x1 or y2 <= y1:
+        return []
+    pixels = np.asarray(gray.crop((x1, y1, x2, y2)))
+    column_ink = (pixels < _otsu(pixels)).sum(axis=0)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], (column_ink > 0).astype(np.int8), [0]))))
+    # A run with less ink than a full stop is a speck of noise, not a character.
+    return [(x1 + int(a), x1 + int(b)) for a, b in zip(edges[::2], edges[1::2])
+            if column_ink[a:b].sum() >= max(4, 0.3 * (y2 - y1))]
+
+
+def _split(lengths: list[int], widths: list[int]) -> list[int]:
+    """How many words go into each chunk so that the chunks' character counts best match their
+    widths in pixels (least squares; every chunk gets at least one word)."""
+    n, k = len(lengths), len(widths)
+    per_char = sum(widths) / max(sum(lengths) + n - k, 1)
+    prefix = [0]
+    for length in lengths:
+        prefix.append(prefix[-1] + length)
+
+    def cost(chunk: int, first: int, last: int) -> float:  # words first..last-1 in this chunk
+        chars = prefix[last] - prefix[first] + (last - first - 1)
+        return (chars * per_char - widths[chunk]) ** 2
+
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(k + 1)]
+    choice = [[0] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0.0
+    for chunk in range(1, k + 1):
+        for last in range(chunk, n - (k - chunk) + 1):
+            for first in range(chunk - 1, last):
+                total = best[chunk - 1][first] + cost(chunk - 1, first, last)
+                if total < best[chunk][last]:
+                    best[chunk][last], choice[chunk][last] = total, first
+    counts, last = [], n
+    for chunk in range(k, 0, -1):
+        first = choice[chunk][last]
+        counts.append(last - first)
+        last = first
+    return counts[::-1]
+
+
+def word_spans(gray: Image.Image, box: Box, text: str) -> tuple[tuple[float, float], ...] | None:
+    """Where each whitespace-separated word of a line lies along x, from the ink in its box.
+
+    OCR lines come with one box, but label and value columns need the words' places. The ink
+    falls into chunks where the blank between two runs of ink is wider than about three spaces
+    (between the columns of a table or a form); the words are shared among the chunks so that
+    character counts match widths, and placed in proportion to their characters inside their
+    chunk. None when the box shows no ink.
+    """
+    words = text.split()
+    runs = _ink_runs(gray, box)
+    if not words or not runs:
+        return None
+    height = box[3] - box[1]
+    chunks = [list(runs[0])]
+    for a, b in runs[1:]:
+        if a - chunks[-1][1] > 0.7 * height:
+            chunks.append([a, b])
+        else:
+            chunks[-1][1] = b
+    while len(chunks) > len(words):
+        gaps = [chunks[i + 1][0] - chunks[i][1] for i in range(len(chunks) - 1)]
+        narrowest = gaps.index(min(gaps))
+        chunks[narrowest:narrowest + 2] = [[chunks[narrowest][0], chunks[narrowest + 1][1]]]
+    counts = _split([len(w) for w in words], [b - a for a, b in chunks])
+    spans: list[tuple[float, float]] = []
+    index = 0
+    for (left, right), count in zip(chunks, counts):
+        group = words[index:index + count]
+        index += count
+        chars = sum(map(len, group)) + len(group) - 1
+        offset = 0
+        for word in group:
+            spans.append((left + (right - left) * offset / chars, left + (right - left) * (offset + len(word)) / chars))
+            offset += len(word) + 1
+    return tuple(spans)
+
+
+def lines_of(result: PageResult, page: int, image: Image.Image | None = None) -> list[Line]:
+    """The recognised lines of one page with their boxes (and their words' places when the page
+    image is given); the plain text's lines when the engine gave no boxes."""
+    gray = image.convert("L") if image is not None else None
+    lines = []
+    for block in result.blocks:
+        if not block.text.strip():
+            continue
+        words = word_spans(gray, block.bbox, block.text) if gray is not None else None
+        lines.append(Line(page, block.text, block.bbox, words))
     if lines:
         return lines
     return [Line(page, text, (0.0, 0.0, 0.0, 0.0)) for text in result.text.splitlines() if text.strip()]
@@ -127,12 +232,24 @@ def _labels(line: Line, compiled: _Compiled) -> list[_Label]:
     return kept
 
 
+def _x_at(line: Line, offset: int, end: bool) -> float:
+    """The x of a character offset in a line: inside its word's ink when the words' places are known,
+    else in proportion to the line's length."""
+    x1, _, x2, _ = line.bbox
+    if line.words is not None:
+        for (start, stop), (left, right) in zip(((m.start(), m.end()) for m in re.finditer(r"\S+", line.text)),
+                                                line.words):
+            if (offset < stop) if not end else (offset <= stop):
+                if offset <= start:
+                    return left
+                return left + (right - left) * (offset - start) / max(stop - start, 1)
+        return line.words[-1][1] if line.words else x2
+    return x1 + (x2 - x1) * offset / max(len(line.text), 1)
+
+
 def _span_box(line: Line, start: int, end: int) -> Box:
-    """The part of a line's box that characters start..end cover, assuming even character widths."""
-    x1, y1, x2, y2 = line.bbox
-    length = max(len(line.text), 1)
-    width = x2 - x1
-    return (x1 + width * start / length, y1, x1 + width * end / length, y2)
+    """The part of a line's box that characters start..end cover."""
+    return (_x_at(line, start, end=False), line.bbox[1], _x_at(line, end, end=True), line.bbox[3])
 
 
 def _height(box: Box) -> float:
@@ -172,16 +289,16 @@ class _Page:
         return sorted(row, key=lambda other: self.lines[other].bbox[0])
 
     def below(self, index: int, box: Box) -> list[int]:
-        """The nearest line under `box` that overlaps it horizontally, when it is close."""
-        x1, _, x2, y2 = box
-        line_height = _height(self.lines[index].bbox)
+        """The nearest line under `box` that overlaps it horizontally, when it is close. OCR boxes
+        of neighbouring lines may overlap a little, so "under" is judged by their middles."""
+        x1, y1, x2, y2 = box
+        height = _height(box)
+        middle = (y1 + y2) / 2
         under = []
         for other, line in enumerate(self.lines):
-            if other == index or line.bbox[1] < y2 - 0.3 * line_height:
+            if other == index or (line.bbox[1] + line.bbox[3]) / 2 < middle + 0.6 * height:
                 continue
-            if line.bbox[1] - y2 > 1.6 * line_height:
-                continue
-            if min(x2, line.bbox[2]) - max(x1, line.bbox[0]) <= 0:
+            if line.bbox[1] - y2 > 1.6 * height or min(x2, line.bbox[2]) - max(x1, line.bbox[0]) <= 0:
                 continue
             under.append(other)
         under.sort(key=lambda other: self.lines[other].bbox[1])
@@ -191,10 +308,8 @@ class _Page:
 def _column(line: Line, labels: list[_Label], left: float, right: float) -> tuple[str, int] | None:
     """The words of a line whose middles lie between x = left and right, with the offset of the
     first; None when there are none or a label is among them (that is another field's column)."""
-    x1, _, x2, _ = line.bbox
-    length = max(len(line.text), 1)
     words = [m for m in re.finditer(r"\S+", line.text)
-             if left <= x1 + (x2 - x1) * (m.start() + m.end()) / 2 / length < right]
+             if left <= (_x_at(line, m.start(), end=False) + _x_at(line, m.end(), end=True)) / 2 < right]
     if not words:
         return None
     start, end = words[0].start(), words[-1].end()
@@ -212,6 +327,8 @@ def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
     end = following.start if following is not None else len(line.text)
     segment = line.text[label.end:end]
     found = find_value(spec.type, segment, pattern=pattern, order=spec.date_order)
+    if found is not None and spec.type == "string" and re.search(r"\w", segment[:found.start]):
+        found = None  # a text value follows its label: "Счёт действителен 10 дней" is no number
     if found is not None:
         start = label.end + found.start
         return ExtractedField(value=found.value, source=line.text[start:label.end + found.end].strip(),
@@ -221,10 +338,16 @@ def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
     label_box = _span_box(line, label.start, label.end)
     # Beside the label: the text of the line to its right, before any label of its own.
     candidates = [(other, page.unlabelled_prefix(other), 0) for other in page.right_of(index, label_box)]
-    # Under the label: the words of the next line in this label's column, which runs from the end
-    # of the label before it to the start of the label after it ("Invoice #   Date   Due date").
-    left = _span_box(line, labels[position - 1].end, labels[position - 1].end)[0] if position else float("-inf")
-    right = _span_box(line, following.start, following.start)[0] if following is not None else float("inf")
+    # Under the label: the words of the next line in this label's column, which ends where the
+    # next word of the label's line starts ("Invoice #   Date   Due date").
+    words = list(re.finditer(r"\S+", line.text))
+    before = [w.end() for w in words if w.end() <= label.start]
+    after = [w.start() for w in words if w.start() >= label.end]
+    # Values sit under their label, left-aligned or centred: a word a quarter of the way back
+    # towards the previous column is already that column's.
+    label_x = _x_at(line, label.start, end=False)
+    left = label_x - 0.25 * (label_x - _x_at(line, before[-1], end=True)) if before else float("-inf")
+    right = _x_at(line, after[0], end=False) if after else float("inf")
     for other in page.below(index, label_box):
         column = _column(page.lines[other], page.labels[other], left, right)
         if column is not None:

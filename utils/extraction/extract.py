@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 
 from models.contract import RunOptions, TokenCallback
-from utils.documents.reader import Document
+from utils.documents.reader import Document, DocumentError
 from utils.engine.loader import Loader
 from utils.engine.runner import PageStarted, run_pages
 from utils.extraction.classic import Line, find_fields, lines_of
@@ -53,7 +53,11 @@ def _classic(loader, document, template, model, indices, extraction, on_page, st
         if outcome.result is None:
             errors.append(outcome.error or f"page {outcome.page + 1}: no result")
         else:
-            lines += lines_of(outcome.result, outcome.page)
+            try:  # the page again, for where the words of each line lie (the engine gives line boxes)
+                image = document.render(outcome.page)
+            except DocumentError:
+                image = None
+            lines += lines_of(outcome.result, outcome.page, image)
     if errors and not lines:
         extraction.error = errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more pages)"
         return []

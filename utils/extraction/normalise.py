@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Literal
 
 FieldType = Literal["string", "date", "amount", "integer"]
@@ -85,6 +85,8 @@ def _numeric_order(a: int, b: int, order: DateOrder) -> tuple[int, int]:
 _DATE_PATTERNS = (
     re.compile(r"(?<!\d)(?P<y>\d{4})[-./](?P<m>\d{1,2})[-./](?P<d>\d{1,2})(?!\d)"),
     re.compile(r"(?<!\d)(?P<a>\d{1,2})\s?(?P<sep>[./-])\s?(?P<b>\d{1,2})\s?(?P=sep)\s?(?P<y>\d{4}|\d{2})(?![\d])"),
+    # OCR reads a dot as a comma now and then: "30,09.2024" (four-digit years only)
+    re.compile(r"(?<![\d,.])(?P<a>\d{1,2})\s?[.,]\s?(?P<b>\d{1,2})\s?[.,]\s?(?P<y>\d{4})(?![\d])"),
     # «12» марта 2024 г., where OCR often splits the quoted day ("«1 8»")
     re.compile(r"[«\"“„]\s?(?P<qd>\d\s?\d?)\s?[»\"”]\s*(?P<mon>" + _WORD + r"{3,})\.?,?\s*(?P<y>\d{4})(?!\d)"),
     # 12 марта 2024 г. · 12-Mar-2024 · 1st of March, 2024
@@ -129,19 +131,16 @@ _AMOUNT = re.compile(
 
 def _amount_value(number: str) -> Decimal:
     digits = re.sub(r"[ " + _SPACES + r"'’]", "", number)
-    dots, commas = digits.count("."), digits.count(",")
-    decimal: str | None
-    if dots and commas:  # both: the last one is the decimal separator ("1.234,56", "1,234.56")
-        decimal = "." if digits.rfind(".") > digits.rfind(",") else ","
-    elif dots + commas == 1:  # one: decimal unless three digits follow ("1,5" vs "1,234")
-        separator = "." if dots else ","
-        decimal = None if len(digits.split(separator)[1]) == 3 else separator
-    else:  # none, or one kind repeated: thousands ("1.234.567")
-        decimal = None
+    last = max(digits.rfind("."), digits.rfind(","))
+    decimal: int | None = None
+    if last >= 0 and len(digits) - last - 1 <= 2:  # "1 234,56", "1.234,5", even "67.973.03"
+        decimal = last
+    elif "." in digits and "," in digits:  # both kinds: the last one ("1,234.567")
+        decimal = last
+    # else none, or thousands only: "1,234", "1.234.567"
     if decimal is None:
         return Decimal(re.sub(r"[.,]", "", digits))
-    whole, fraction = digits.rsplit(decimal, 1)
-    return Decimal(f"{re.sub(r'[.,]', '', whole)}.{fraction}")
+    return Decimal(f"{re.sub(r'[.,]', '', digits[:decimal])}.{digits[decimal + 1:]}")
 
 
 def find_amounts(text: str) -> list[Found]:
