@@ -68,6 +68,7 @@ except ConfigError as exc:
 navigation = st.navigation([
     st.Page("pages/ocr.py", title="OCR", icon=":material/description:", url_path="ocr", default=True),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+    st.Page("pages/extract.py", title="Extract", icon=":material/table_view:", url_path="extract"),
     st.Page("pages/system.py", title="System", icon=":material/monitor_heart:", url_path="system"),
 ])
 return_to = st.session_state.pop("return_to", None)

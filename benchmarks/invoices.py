@@ -268,12 +268,17 @@ def _degrade(image: Image.Image, rng: random.Random) -> tuple[Image.Image, list[
     return image, applied
 
 
-def make_invoice(rng: random.Random, families: dict[str, tuple[Path, Path]] | None = None
+LAYOUTS = ("lines", "title_line", "table_right", "above")
+
+
+def make_invoice(rng: random.Random, families: dict[str, tuple[Path, Path]] | None = None, *,
+                 language: str | None = None, layout: str | None = None, degrade: bool = True
                  ) -> tuple[Image.Image, Truth]:
+    """One invoice; `language`, `layout` and `degrade=False` pin what is otherwise drawn at random."""
     families = families or font_families()
-    language = rng.choice(("ru", "en"))
+    language = language or rng.choice(("ru", "en"))
     font_name = rng.choice(sorted(families))
-    layout = rng.choice(("lines", "title_line", "table_right", "above"))
+    layout = layout or rng.choice(LAYOUTS)
     width = rng.choice((1240, 1400, 1654))
     size = int(width / rng.uniform(50, 62))
     page = _Page(width, families[font_name], size, ink=rng.randint(0, 40))
@@ -328,7 +333,7 @@ def make_invoice(rng: random.Random, families: dict[str, tuple[Path, Path]] | No
         page.line(f"Payment terms: {rng.choice((7, 14, 30))} days. Thank you for your business!")
     content_bottom = min(page.image.height, page.y + page.margin)
     image = page.image.crop((0, 0, page.image.width, content_bottom))
-    image, degradations = _degrade(image, rng)
+    image, degradations = _degrade(image, rng) if degrade else (image, [])
     truth = Truth(number=number, date=issued_day.isoformat(), total=total, language=language, layout=layout,
                   font=font_name, degradations=degradations)
     return image.convert("RGB"), truth

@@ -52,6 +52,8 @@ def label_regex(label: str) -> str:
     """A label as a pattern over folded text: inner spaces and dots optional, dashes and "№" as OCR
     reads them; never the middle of a word, and "1." never the start of "1.5"."""
     label = label.strip()
+    if label == "№":  # alone, only the sign itself: "No" and "#" are everywhere in English text
+        return r"(?<![^\W\d_])(?:№|n[°º])(?![^\W\d_])"
     parts = []
     for position, ch in enumerate(fold(label)):
         if ch == " ":
@@ -64,7 +66,7 @@ def label_regex(label: str) -> str:
             parts.append(r"\s*" + _NUMERO)
         else:
             parts.append(re.escape(ch))
-    before = r"(?<!\w)" if re.match(r"\w", label) else ""
+    before = r"(?<!\w)" if re.match(r"[\w№]", label) else ""
     if label.endswith("№"):
         after = r"(?![^\W\d_])"  # "№145": digits may touch it
     elif label.endswith("."):
@@ -276,17 +278,17 @@ class _Page:
         labels = self.labels[index]
         return self.lines[index].text[:labels[0].start] if labels else self.lines[index].text
 
-    def right_of(self, index: int, box: Box) -> list[int]:
-        """Lines on the same row that start right of `box`, nearest first."""
-        _, y1, x2, y2 = box
+    def beside(self, index: int, box: Box, side: str) -> list[int]:
+        """Lines on the same row as `box`, wholly to its right (or left), nearest first."""
+        x1, y1, x2, y2 = box
         row = []
         for other, line in enumerate(self.lines):
-            if other == index or line.bbox[0] < x2 - 2:
+            if other == index or (line.bbox[0] < x2 - 2 if side == "right" else line.bbox[2] > x1 + 2):
                 continue
             overlap = min(y2, line.bbox[3]) - max(y1, line.bbox[1])
             if overlap >= 0.5 * min(y2 - y1, _height(line.bbox)):
                 row.append(other)
-        return sorted(row, key=lambda other: self.lines[other].bbox[0])
+        return sorted(row, key=lambda other: self.lines[other].bbox[0], reverse=side == "left")
 
     def below(self, index: int, box: Box) -> list[int]:
         """The nearest line under `box` that overlaps it horizontally, when it is close. OCR boxes
@@ -337,17 +339,22 @@ def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
         return None  # something else follows the label on its line: not this field's value
     label_box = _span_box(line, label.start, label.end)
     # Beside the label: the text of the line to its right, before any label of its own.
-    candidates = [(other, page.unlabelled_prefix(other), 0) for other in page.right_of(index, label_box)]
+    right_lines = page.beside(index, label_box, "right")
+    candidates = [(other, page.unlabelled_prefix(other), 0) for other in right_lines]
     # Under the label: the words of the next line in this label's column, which ends where the
-    # next word of the label's line starts ("Invoice #   Date   Due date").
+    # next word on the label's row starts ("Invoice #   Date   Due date"), in its line or another.
     words = list(re.finditer(r"\S+", line.text))
     before = [w.end() for w in words if w.end() <= label.start]
     after = [w.start() for w in words if w.start() >= label.end]
+    left_lines = page.beside(index, label_box, "left")
+    previous_x = _x_at(line, before[-1], end=True) if before else \
+        page.lines[left_lines[0]].bbox[2] if left_lines else None
     # Values sit under their label, left-aligned or centred: a word a quarter of the way back
     # towards the previous column is already that column's.
     label_x = _x_at(line, label.start, end=False)
-    left = label_x - 0.25 * (label_x - _x_at(line, before[-1], end=True)) if before else float("-inf")
-    right = _x_at(line, after[0], end=False) if after else float("inf")
+    left = label_x - 0.25 * (label_x - previous_x) if previous_x is not None else float("-inf")
+    right = _x_at(line, after[0], end=False) if after else \
+        page.lines[right_lines[0]].bbox[0] if right_lines else float("inf")
     for other in page.below(index, label_box):
         column = _column(page.lines[other], page.labels[other], left, right)
         if column is not None:

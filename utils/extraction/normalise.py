@@ -122,15 +122,16 @@ def find_date(text: str, order: DateOrder = "dmy") -> Found | None:
 
 # An amount as documents write it: digit groups split by spaces, dots, commas or apostrophes, an
 # optional decimal part of one or two digits; a minus sign only when it touches the digits (a dash
-# after a label, "Total - 1 234,56", is punctuation). Never part of a longer number such as a date.
+# after a label, "Total - 1 234,56", is punctuation). Never part of a longer number such as a date. OCR
+# sometimes puts a space after the decimal separator ("37933, 72"): two digits after it still count.
 _AMOUNT = re.compile(
     r"(?<![\d.,])(?P<sign>(?<![^\s:(])[-\u2212](?=\d))?"
-    r"(?P<num>\d{1,3}(?P<group>[ " + _SPACES + r".,'’])\d{3}(?:(?P=group)\d{3})*(?:[.,]\d{1,2})?"
-    r"|\d+(?:[.,]\d{1,2})?)(?![\d]|[.,]\d)")
+    r"(?P<num>\d{1,3}(?P<group>[ " + _SPACES + r".,'’])\d{3}(?:(?P=group)\d{3})*(?:[.,](?: (?=\d\d(?!\d)))?\d{1,2})?"
+    r"|\d+(?:[.,](?: (?=\d\d(?!\d)))?\d{1,2})?)(?![\d]|[.,]\d)")
 
 
 def _amount_value(number: str) -> Decimal:
-    digits = re.sub(r"[ " + _SPACES + r"'’]", "", number)
+    digits = re.sub(r"[\s'’]", "", number)
     last = max(digits.rfind("."), digits.rfind(","))
     decimal: int | None = None
     if last >= 0 and len(digits) - last - 1 <= 2:  # "1 234,56", "1.234,5", even "67.973.03"
@@ -158,8 +159,9 @@ def find_amount(text: str) -> Found | None:
     "Total (3 items): 1 234,56 RUB" -> 1234.56: a count before the amount is not the amount.
     """
     found = find_amounts(text)
-    with_cents = [f for f in found if re.search(r"[.,]\d{1,2}$", text[f.start:f.end])]
-    return (with_cents or found or [None])[-1]
+    with_cents = [f for f in found if re.search(r"[.,] ?\d{1,2}$", text[f.start:f.end])]
+    chosen = with_cents or found
+    return chosen[-1] if chosen else None
 
 
 _INTEGER = re.compile(r"(?<![\d.,])(?:\d{1,3}(?:[ " + _SPACES + r"]\d{3})+|\d+)(?![\d]|[.,]\d)")

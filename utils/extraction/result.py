@@ -20,9 +20,9 @@ Value = str | float | int | None
 
 class ExtractedField(BaseModel):
     value: Value = None
-    source: str | None = Field(None, description="the text the value was read from, as the document writes it")
-    page: int | None = Field(None, description="0-based page index")
-    bbox: tuple[float, float, float, float] | None = Field(None, description="page pixels, when known")
+    source: str | None = Field(default=None, description="the text the value was read from, as the document writes it")
+    page: int | None = Field(default=None, description="0-based page index")
+    bbox: tuple[float, float, float, float] | None = Field(default=None, description="page pixels, when known")
     corrected: bool = False
 
 
@@ -73,7 +73,7 @@ def check_problems(template: Template, extraction: Extraction, notes: Iterable[s
     if extraction.error is not None:
         return problems
     if extraction.found() == 0:
-        problems.append(f"no {template.label} fields recognised in {extraction.file}")
+        problems.append(f"no {template.label} fields recognised")
         return problems
     for name in template.required():
         if extraction.fields[name].value is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from utils.extraction.normalise import DateOrder, FieldType
 
@@ -43,8 +43,8 @@ class FieldHint(_Strict):
     """What one engine, or one kind of engine ("classic", "vlm"), needs beyond the field itself."""
 
     labels: list[str] = Field(default_factory=list, description="more labels this engine reads (its misreadings)")
-    pattern: str | None = Field(None, description="the value's regular expression for this engine")
-    prompt: str | None = Field(None, description="words added to a VLM's request for this field")
+    pattern: str | None = Field(default=None, description="the value's regular expression for this engine")
+    prompt: str | None = Field(default=None, description="words added to a VLM's request for this field")
 
     _pattern = field_validator("pattern")(_check_pattern)
 
@@ -54,8 +54,8 @@ class TemplateField(_Strict):
     required: bool = False
     description: str = Field(min_length=1)
     labels: list[str] = Field(default_factory=list, description="how documents label this field")
-    pattern: str | None = Field(None, description="regular expression of a string value (group 1 if it has one)")
-    pick: Literal["first", "last"] = Field("first", description="which label on the page, when several match")
+    pattern: str | None = Field(default=None, description="regular expression of a string value (group 1 if it has one)")
+    pick: Literal["first", "last"] = Field(default="first", description="which label on the page, when several match")
     date_order: DateOrder = "dmy"
     hints: dict[str, FieldHint] = Field(default_factory=dict, description="keys: classic, vlm or a model name")
 
@@ -87,14 +87,15 @@ class Template(_Strict):
                               description="phrases that look like a field's label but are not (\"Due date\")")
     fields: dict[str, TemplateField]
 
-    @model_validator(mode="after")
-    def _field_names(self) -> Template:
-        if not self.fields:
-            raise ValueError("fields: expected at least one field")
-        bad = [name for name in self.fields if not _FIELD_NAME.match(name)]
+    @field_validator("fields")
+    @classmethod
+    def _field_names(cls, fields: dict[str, TemplateField]) -> dict[str, TemplateField]:
+        if not fields:
+            raise ValueError("expected at least one field")
+        bad = [name for name in fields if not _FIELD_NAME.match(name)]
         if bad:
-            raise ValueError(f"fields: expected names like 'invoice_date' (a-z, 0-9, _), got {bad}")
-        return self
+            raise ValueError(f"expected names like 'invoice_date' (a-z, 0-9, _), got {bad}")
+        return fields
 
     def required(self) -> list[str]:
         return [name for name, spec in self.fields.items() if spec.required]

@@ -37,11 +37,18 @@ def max_new_tokens(template: Template) -> int:
     return min(1024, 96 + 48 * len(template.fields))
 
 
+def _some_labels(labels: list[str], each: int = 3) -> list[str]:
+    """A few labels of each script, so a Russian document's wording is in the prompt too."""
+    cyrillic = [label for label in labels if re.search(r"[а-яё]", label, re.IGNORECASE)]
+    latin = [label for label in labels if label not in cyrillic]
+    return latin[:each] + cyrillic[:each]
+
+
 def build_prompt(template: Template, model: str) -> str:
     lines = [f"Read this document ({template.label}) and extract these fields as one JSON object.", "Keys:"]
     for name, spec in template.fields.items():
         hint = spec.hint("vlm", model)
-        labels = f"; labelled like {', '.join(repr(label) for label in spec.labels[:6])}" if spec.labels else ""
+        labels = f"; labelled like {', '.join(map(repr, _some_labels(spec.labels)))}" if spec.labels else ""
         extra = f"; {hint.prompt}" if hint.prompt else ""
         need = "required" if spec.required else "optional"
         lines.append(f'- "{name}" ({TYPE_WORDS[spec.type]}, {need}): {spec.description}{labels}{extra}')
