@@ -57,7 +57,7 @@ def label_regex(label: str) -> str:
     parts = []
     for position, ch in enumerate(fold(label)):
         if ch == " ":
-            parts.append(r"[\s.,:'’`\"]*")
+            parts.append(r"[\s.,:;'’`\"-]*")
         elif ch == "." and position < len(label) - 1:
             parts.append(r"\.?")
         elif ch == "-":

@@ -89,8 +89,8 @@ _DATE_PATTERNS = (
     re.compile(r"(?<![\d,.])(?P<a>\d{1,2})\s?[.,]\s?(?P<b>\d{1,2})\s?[.,]\s?(?P<y>\d{4})(?![\d])"),
     # «12» марта 2024 г., where OCR often splits the quoted day ("«1 8»")
     re.compile(r"[«\"“„]\s?(?P<qd>\d\s?\d?)\s?[»\"”]\s*(?P<mon>" + _WORD + r"{3,})\.?,?\s*(?P<y>\d{4})(?!\d)"),
-    # 12 марта 2024 г. · 12-Mar-2024 · 1st of March, 2024
-    re.compile(r"(?<!\d)(?P<d>\d{1,2})(?:st|nd|rd|th)?\s*[»\"'”]?\s*(?:of\s+)?[-\s]?\s*(?P<mon>" + _WORD
+    # 12 марта 2024 г. · 12-Mar-2024 · 1st of March, 2024 · 2. January 2024
+    re.compile(r"(?<!\d)(?P<d>\d{1,2})(?:st|nd|rd|th|\.)?\s*[»\"'”]?\s*(?:of\s+)?[-\s]?\s*(?P<mon>" + _WORD
                + r"{3,})\.?,?[-\s]?\s*(?P<y>\d{4})(?!\d)", re.IGNORECASE),
     # March 12, 2024 · Mar. 12 2024
     re.compile(r"(?<!" + _WORD + r")(?P<mon>" + _WORD + r"{3,})\.?\s+(?P<d>\d{1,2})(?:st|nd|rd|th)?,?\s+(?P<y>\d{4})"
