@@ -229,6 +229,15 @@ def test_a_neighbour_line_counts_only_when_it_is_the_value_alone(invoice):
     assert fields["date"].value == "2024-03-12"
 
 
+def test_ocr_punctuation_inside_labels_and_the_engine_s_own_labels(invoice):
+    lines = [line("Invoice-date: 2. January 2024", 100, 100, 600, 130),
+             line("Счёт на оплату № 76 or 27.09.2025", 100, 200, 900, 230)]
+    assert find_fields(invoice, lines[:1])["date"].value == "2024-01-02"
+    # Tesseract reads "от" as "or" now and then: a label only for it (the template's hints)
+    assert find_fields(invoice, lines[1:], "classic", "tesseract")["date"].value == "2025-09-27"
+    assert find_fields(invoice, lines[1:], "classic", "rapidocr")["date"].value is None
+
+
 def test_pick_last_takes_the_grand_total_and_pages_are_kept(invoice):
     lines = [line("Итого: 100,00", 600, 900, 900, 930, page=0), line("Итого: 250,00", 600, 300, 900, 330, page=1)]
     fields = find_fields(invoice, lines)

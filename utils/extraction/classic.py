@@ -99,10 +99,13 @@ def _otsu(pixels: np.ndarray) -> float:
 
 
 def _ink_runs(gray: Image.Image, box: Box) -> list[tuple[int, int]]:
-    """Runs of page columns holding ink inside `box`, in page x."""
+    """Runs of page columns holding ink in the middle band of `box`, in page x. The band leaves out
+    the top and bottom of the box, where the lines above and below reach in."""
     x1, y1, x2, y2 = (int(round(v)) for v in box)
-    if x2 <= x1 or y2 <= y1:
+    if x2 <= x1 or y2 - y1 < 3:
         return []
+    margin = (y2 - y1) // 5
+    y1, y2 = y1 + margin, y2 - margin
     pixels = np.asarray(gray.crop((x1, y1, x2, y2)))
     column_ink = (pixels < _otsu(pixels)).sum(axis=0)
     edges = np.flatnonzero(np.diff(np.concatenate(([0], (column_ink > 0).astype(np.int8), [0]))))
@@ -142,20 +145,22 @@ def _split(lengths: list[int], widths: list[int]) -> list[int]:
     return counts[::-1]
 
 
-def word_spans(gray: Image.Image, box: Box, text: str) -> tuple[tuple[float, float], ...] | None:
+def word_spans(gray: Image.Image, box: Box, text: str, line_height: float | None = None
+               ) -> tuple[tuple[float, float], ...] | None:
     """Where each whitespace-separated word of a line lies along x, from the ink in its box.
 
     OCR lines come with one box, but label and value columns need the words' places. The ink
     falls into chunks where the blank between two runs of ink is wider than about three spaces
     (between the columns of a table or a form); the words are shared among the chunks so that
     character counts match widths, and placed in proportion to their characters inside their
-    chunk. None when the box shows no ink.
+    chunk. `line_height` (the page's usual line box height) sets how wide a column gap is; a line
+    of digits alone has a lower box than its font size suggests. None when the box shows no ink.
     """
     words = text.split()
     runs = _ink_runs(gray, box)
     if not words or not runs:
         return None
-    height = box[3] - box[1]
+    height = max(box[3] - box[1], line_height or 0.0)
     chunks = [list(runs[0])]
     for a, b in runs[1:]:
         if a - chunks[-1][1] > 0.7 * height:
@@ -184,11 +189,11 @@ def lines_of(result: PageResult, page: int, image: Image.Image | None = None) ->
     """The recognised lines of one page with their boxes (and their words' places when the page
     image is given); the plain text's lines when the engine gave no boxes."""
     gray = image.convert("L") if image is not None else None
+    blocks = [block for block in result.blocks if block.text.strip()]
+    usual = float(np.median([block.bbox[3] - block.bbox[1] for block in blocks])) if blocks else None
     lines = []
-    for block in result.blocks:
-        if not block.text.strip():
-            continue
-        words = word_spans(gray, block.bbox, block.text) if gray is not None else None
+    for block in blocks:
+        words = word_spans(gray, block.bbox, block.text, usual) if gray is not None else None
         lines.append(Line(page, block.text, block.bbox, words))
     if lines:
         return lines
@@ -200,37 +205,46 @@ class _Label:
     field: str | None  # None: an ignored phrase (it only ends the segment of the label before it)
     start: int
     end: int
+    after: str | None = None  # counts only right after a label of this field
 
 
 @dataclass(frozen=True)
 class _Compiled:
-    patterns: tuple[tuple[str | None, re.Pattern[str]], ...]
+    # (field or None for an ignored phrase, the field a label must follow or None, pattern)
+    patterns: tuple[tuple[str | None, str | None, re.Pattern[str]], ...]
     values: dict[str, re.Pattern[str] | None]
 
 
 def _compile(template: Template, kind: str, model: str) -> _Compiled:
-    patterns: list[tuple[str | None, re.Pattern[str]]] = []
+    patterns: list[tuple[str | None, str | None, re.Pattern[str]]] = []
     values: dict[str, re.Pattern[str] | None] = {}
     for name, spec in template.fields.items():
         hint = spec.hint(kind, model)
         for label in dict.fromkeys(spec.labels + hint.labels):
-            patterns.append((name, re.compile(label_regex(label))))
+            patterns.append((name, None, re.compile(label_regex(label))))
+        for before, labels in hint.after.items():
+            for label in dict.fromkeys(labels):
+                patterns.append((name, before, re.compile(label_regex(label))))
         values[name] = re.compile(hint.pattern) if hint.pattern else None
     for phrase in template.ignore:
-        patterns.append((None, re.compile(label_regex(phrase))))
+        patterns.append((None, None, re.compile(label_regex(phrase))))
     return _Compiled(tuple(patterns), values)
 
 
 def _labels(line: Line, compiled: _Compiled) -> list[_Label]:
-    """The labels in a line, longest first where they overlap, in reading order."""
+    """The labels in a line, longest first where they overlap, in reading order; a label that must
+    follow another field's label and does not is dropped."""
     folded = fold(line.text)
-    found = [_Label(name, m.start(), m.end()) for name, pattern in compiled.patterns
+    found = [_Label(name, m.start(), m.end(), after) for name, after, pattern in compiled.patterns
              for m in pattern.finditer(folded) if m.end() > m.start()]
     found.sort(key=lambda label: (label.start, -(label.end - label.start)))
     kept: list[_Label] = []
     for label in found:
-        if not kept or label.start >= kept[-1].end:
-            kept.append(label)
+        if kept and label.start < kept[-1].end:
+            continue
+        if label.after is not None and (not kept or kept[-1].field != label.after):
+            continue
+        kept.append(label)
     return kept
 
 
@@ -329,7 +343,7 @@ def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
     end = following.start if following is not None else len(line.text)
     segment = line.text[label.end:end]
     found = find_value(spec.type, segment, pattern=pattern, order=spec.date_order)
-    if found is not None and spec.type == "string" and re.search(r"\w", segment[:found.start]):
+    if found is not None and spec.type == "string" and re.search(r"[^\W_]", segment[:found.start]):
         found = None  # a text value follows its label: "Счёт действителен 10 дней" is no number
     if found is not None:
         start = label.end + found.start

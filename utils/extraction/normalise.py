@@ -33,6 +33,8 @@ _RU_MONTH = re.compile(r"^(январ|феврал|март|апрел|ма[йя
 _EN_MONTH = re.compile(r"^(january|february|march|april|may|june|july|august|september|october|november|december|"
                        r"jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec)$")
 
+_TO_LATIN = str.maketrans("аеорсухкмтв", "aeopcyxkmtb")
+_TO_CYRILLIC = str.maketrans("aeopcyxkmtb", "аеорсухкмтв")
 _DASHES = "\u2010\u2011\u2012\u2013\u2014\u2212"
 _SPACES = "\u00a0\u2007\u2009\u202f"
 _WORD = r"[^\W\d_]"
@@ -45,11 +47,10 @@ def _fold(text: str) -> str:
 def month_number(word: str) -> int | None:
     """1-12 for a month name or its abbreviation in Russian or English (any case, any grammatical case)."""
     word = _fold(word).rstrip(".")
-    if not (_RU_MONTH.match(word) or _EN_MONTH.match(word)):
-        return None
-    for stem, number in _MONTH_STEMS:
-        if word.startswith(stem):
-            return number
+    # OCR writes a Latin word with a Cyrillic letter now and then ("Мау"), and the other way round.
+    for candidate in (word, word.translate(_TO_LATIN), word.translate(_TO_CYRILLIC)):
+        if _RU_MONTH.match(candidate) or _EN_MONTH.match(candidate):
+            return next(number for stem, number in _MONTH_STEMS if candidate.startswith(stem))
     return None
 
 
@@ -123,11 +124,12 @@ def find_date(text: str, order: DateOrder = "dmy") -> Found | None:
 # An amount as documents write it: digit groups split by spaces, dots, commas or apostrophes, an
 # optional decimal part of one or two digits; a minus sign only when it touches the digits (a dash
 # after a label, "Total - 1 234,56", is punctuation). Never part of a longer number such as a date. OCR
-# sometimes puts a space after the decimal separator ("37933, 72"): two digits after it still count.
+# sometimes puts a space beside the decimal separator ("37933, 72", "79428 .40"): two digits after it
+# still count.
 _AMOUNT = re.compile(
     r"(?<![\d.,])(?P<sign>(?<![^\s:(])[-\u2212](?=\d))?"
-    r"(?P<num>\d{1,3}(?P<group>[ " + _SPACES + r".,'’])\d{3}(?:(?P=group)\d{3})*(?:[.,](?: (?=\d\d(?!\d)))?\d{1,2})?"
-    r"|\d+(?:[.,](?: (?=\d\d(?!\d)))?\d{1,2})?)(?![\d]|[.,]\d)")
+    r"(?P<num>\d{1,3}(?P<group>[ " + _SPACES + r".,'’])\d{3}(?:(?P=group)\d{3})*(?:(?: (?=[.,] ?\d\d(?!\d)))?[.,](?: (?=\d\d(?!\d)))?\d{1,2})?"
+    r"|\d+(?:(?: (?=[.,] ?\d\d(?!\d)))?[.,](?: (?=\d\d(?!\d)))?\d{1,2})?)(?![\d]|[.,]\d)")
 
 
 def _amount_value(number: str) -> Decimal:

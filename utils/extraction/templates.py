@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from utils.extraction.normalise import DateOrder, FieldType
 
@@ -43,6 +43,7 @@ class FieldHint(_Strict):
     """What one engine, or one kind of engine ("classic", "vlm"), needs beyond the field itself."""
 
     labels: list[str] = Field(default_factory=list, description="more labels this engine reads (its misreadings)")
+    after: dict[str, list[str]] = Field(default_factory=dict, description="more `after` labels, by field")
     pattern: str | None = Field(default=None, description="the value's regular expression for this engine")
     prompt: str | None = Field(default=None, description="words added to a VLM's request for this field")
 
@@ -54,6 +55,9 @@ class TemplateField(_Strict):
     required: bool = False
     description: str = Field(min_length=1)
     labels: list[str] = Field(default_factory=list, description="how documents label this field")
+    # Labels that count only right after another field's label on the same line: "от" is the date
+    # in "Счёт № 145 от 12.03.2024", not in "Договор № 7 от 01.02.2024".
+    after: dict[str, list[str]] = Field(default_factory=dict, description="field name -> labels")
     pattern: str | None = Field(default=None, description="regular expression of a string value (group 1 if it has one)")
     pick: Literal["first", "last"] = Field(default="first", description="which label on the page, when several match")
     date_order: DateOrder = "dmy"
@@ -70,12 +74,14 @@ class TemplateField(_Strict):
 
     def hint(self, kind: str, model: str | None = None) -> FieldHint:
         """The hints for this engine: its kind's, then its own on top (labels added, the rest replaced)."""
-        merged = FieldHint(pattern=self.pattern)
+        merged = FieldHint(pattern=self.pattern, after=self.after)
         for key in (kind, model):
             hint = self.hints.get(key) if key else None
             if hint is not None:
-                merged = FieldHint(labels=merged.labels + hint.labels, pattern=hint.pattern or merged.pattern,
-                                   prompt=hint.prompt or merged.prompt)
+                after = {key: merged.after.get(key, []) + hint.after.get(key, [])
+                         for key in {**merged.after, **hint.after}}
+                merged = FieldHint(labels=merged.labels + hint.labels, after=after,
+                                   pattern=hint.pattern or merged.pattern, prompt=hint.prompt or merged.prompt)
         return merged
 
 
@@ -96,6 +102,16 @@ class Template(_Strict):
         if bad:
             raise ValueError(f"expected names like 'invoice_date' (a-z, 0-9, _), got {bad}")
         return fields
+
+    @model_validator(mode="after")
+    def _after_names_fields(self) -> Template:
+        for name, spec in self.fields.items():
+            for where, after in [("after", spec.after)] + [(f"hints.{k}.after", h.after) for k, h in spec.hints.items()]:
+                unknown = [key for key in after if key not in self.fields]
+                if unknown:
+                    raise ValueError(f"fields.{name}.{where}: expected field names of this template "
+                                     f"({', '.join(self.fields)}), got {unknown}")
+        return self
 
     def required(self) -> list[str]:
         return [name for name, spec in self.fields.items() if spec.required]
