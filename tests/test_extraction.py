@@ -38,6 +38,7 @@ def invoice():
     ("3 янв. 2025", "2025-01-03"), ("март 12, 2024", "2024-03-12"), ("March 12, 2024", "2024-03-12"),
     ("12 Mar 2024", "2024-03-12"), ("12-Mar-2024", "2024-03-12"), ("1st of May, 2023", "2023-05-01"),
     ("Sept. 9 2022", "2022-09-09"), ("30,09.2024", "2024-09-30"), ("13/01/2024", "2024-01-13"),
+    ("30 Мау 2026", "2026-05-30"), ("2. January 2024", "2024-01-02"),  # Cyrillic М, а, у read for Latin
 ])
 def test_dates_in_russian_and_english_become_iso(text, iso):
     assert find_date(text).value == iso
@@ -61,6 +62,7 @@ def test_what_is_not_a_date(text):
     ("1 234.56 USD", 1234.56), ("$1,234.56", 1234.56), ("1\u00a0234,56 ₽", 1234.56), ("1 234,56 руб.", 1234.56),
     ("€1.234.567,8", 1234567.8), ("1,234", 1234.0), ("1.234.567", 1234567.0), ("1,5", 1.5), ("-50.00", -50.0),
     ("12 345 678,90", 12345678.9), ("1'234.50", 1234.5), ("67.973.03", 67973.03), ("500", 500.0),
+    ("37933, 72", 37933.72), ("$79428 .40", 79428.4),  # OCR's stray spaces beside the decimal separator
 ])
 def test_amounts_as_documents_write_them_become_numbers(text, value):
     assert normalise("amount", text) == pytest.approx(value)
@@ -236,6 +238,24 @@ def test_ocr_punctuation_inside_labels_and_the_engine_s_own_labels(invoice):
     # Tesseract reads "от" as "or" now and then: a label only for it (the template's hints)
     assert find_fields(invoice, lines[1:], "classic", "tesseract")["date"].value == "2025-09-27"
     assert find_fields(invoice, lines[1:], "classic", "rapidocr")["date"].value is None
+
+
+def test_a_label_that_must_follow_another_field_s_label(invoice):
+    lines = [line("Основание: Договор № 81/5 от 14.06.2019", 100, 300, 900, 330),
+             line("Сч. № 30101810400000000225", 100, 100, 600, 130)]
+    fields = find_fields(invoice, lines)
+    assert fields["date"].value is None  # the contract's date is not the invoice's
+    assert fields["number"].value is None  # nor is a bank account its number
+    lines.append(line("Счёт на оплату № 145 от 12.03.2024", 100, 200, 900, 230))
+    fields = find_fields(invoice, lines)
+    assert (fields["number"].value, fields["date"].value) == ("145", "2024-03-12")
+
+
+def test_after_labels_must_name_fields_of_the_template(tmp_path):
+    body = "label: X\nfields:\n  d: {type: date, description: d, after: {number: [upon]}}\n"
+    with pytest.raises(TemplateError, match=r"fields.d.after: expected field names of this template \(d\), "
+                                            r"got \['number'\]"):
+        load_template(_write(tmp_path, "x.yaml", body))
 
 
 def test_pick_last_takes_the_grand_total_and_pages_are_kept(invoice):

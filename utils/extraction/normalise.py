@@ -123,13 +123,13 @@ def find_date(text: str, order: DateOrder = "dmy") -> Found | None:
 
 # An amount as documents write it: digit groups split by spaces, dots, commas or apostrophes, an
 # optional decimal part of one or two digits; a minus sign only when it touches the digits (a dash
-# after a label, "Total - 1 234,56", is punctuation). Never part of a longer number such as a date. OCR
-# sometimes puts a space beside the decimal separator ("37933, 72", "79428 .40"): two digits after it
-# still count.
+# after a label, "Total - 1 234,56", is punctuation). Never part of a longer number such as a date.
+# The decimal part keeps OCR's stray space beside the separator when two digits follow ("37933, 72").
+_DECIMALS = r"(?:(?: (?=[.,] ?\d\d(?!\d)))?[.,](?: (?=\d\d(?!\d)))?\d{1,2})?"
 _AMOUNT = re.compile(
     r"(?<![\d.,])(?P<sign>(?<![^\s:(])[-\u2212](?=\d))?"
-    r"(?P<num>\d{1,3}(?P<group>[ " + _SPACES + r".,'’])\d{3}(?:(?P=group)\d{3})*(?:(?: (?=[.,] ?\d\d(?!\d)))?[.,](?: (?=\d\d(?!\d)))?\d{1,2})?"
-    r"|\d+(?:(?: (?=[.,] ?\d\d(?!\d)))?[.,](?: (?=\d\d(?!\d)))?\d{1,2})?)(?![\d]|[.,]\d)")
+    r"(?P<num>\d{1,3}(?P<group>[ " + _SPACES + r".,'’])\d{3}(?:(?P=group)\d{3})*" + _DECIMALS
+    + r"|\d+" + _DECIMALS + r")(?![\d]|[.,]\d)")
 
 
 def _amount_value(number: str) -> Decimal:

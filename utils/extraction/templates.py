@@ -58,7 +58,7 @@ class TemplateField(_Strict):
     # Labels that count only right after another field's label on the same line: "от" is the date
     # in "Счёт № 145 от 12.03.2024", not in "Договор № 7 от 01.02.2024".
     after: dict[str, list[str]] = Field(default_factory=dict, description="field name -> labels")
-    pattern: str | None = Field(default=None, description="regular expression of a string value (group 1 if it has one)")
+    pattern: str | None = Field(default=None, description="regular expression of a string value (its group 1, if any)")
     pick: Literal["first", "last"] = Field(default="first", description="which label on the page, when several match")
     date_order: DateOrder = "dmy"
     hints: dict[str, FieldHint] = Field(default_factory=dict, description="keys: classic, vlm or a model name")
@@ -106,7 +106,8 @@ class Template(_Strict):
     @model_validator(mode="after")
     def _after_names_fields(self) -> Template:
         for name, spec in self.fields.items():
-            for where, after in [("after", spec.after)] + [(f"hints.{k}.after", h.after) for k, h in spec.hints.items()]:
+            places = [("after", spec.after)] + [(f"hints.{key}.after", hint.after) for key, hint in spec.hints.items()]
+            for where, after in places:
                 unknown = [key for key in after if key not in self.fields]
                 if unknown:
                     raise ValueError(f"fields.{name}.{where}: expected field names of this template "
