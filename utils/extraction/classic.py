@@ -408,13 +408,45 @@ def find_fields(template: Template, lines: Iterable[Line], kind: str = "classic"
         for _, number, index, position in candidates:
             value = _value_near(pages[number], index, position, spec, compiled.values[name])
             if value is not None:
-                fields[name] = _typed(spec, value)
+                fields[name] = _typed(spec, value, _mostly_cyrillic(pages[number].lines))
                 break
     return fields
 
 
-def _typed(spec: TemplateField, field: ExtractedField) -> ExtractedField:
-    """String values cleaned like a person's entry would be; typed values are already normalised."""
-    if spec.type == "string":
-        return field.model_copy(update={"value": normalise("string", field.value)})
-    return field
+_LATIN_LOOKS = "ABCEHKMOPTXaceopxy"
+_CYRILLIC_LOOKS = "АВСЕНКМОРТХасеорху"
+_TO_CYRILLIC = str.maketrans(_LATIN_LOOKS, _CYRILLIC_LOOKS)
+_TO_LATIN = str.maketrans(_CYRILLIC_LOOKS, _LATIN_LOOKS)
+# An O (Latin or Cyrillic) read for a zero: after a prefix of two letters or more, before digits.
+_O_FOR_ZERO = re.compile(r"(?<=[^\W\d_]{2})[OoОо]+(?=\d)")
+
+
+def repair_identifier(value: str, cyrillic: bool) -> str:
+    """A code as OCR misreads it, repaired: look-alike letters in the page's script ("А-05558" with
+    a Cyrillic А on an English page), and zeros read as O after a letter prefix ("INVO03960")."""
+    if cyrillic:
+        latin = [ch for ch in value if "a" <= ch.lower() <= "z"]
+        if latin and all(ch in _LATIN_LOOKS for ch in latin):
+            value = value.translate(_TO_CYRILLIC)
+    else:
+        foreign = [ch for ch in value if "а" <= ch.lower() <= "я" or ch in "ёЁ"]
+        if foreign and all(ch in _CYRILLIC_LOOKS for ch in foreign):
+            value = value.translate(_TO_LATIN)
+    return _O_FOR_ZERO.sub(lambda match: "0" * len(match.group()), value)
+
+
+def _mostly_cyrillic(lines: Sequence[Line]) -> bool:
+    text = " ".join(line.text for line in lines)
+    cyrillic = len(re.findall(r"[а-яёА-ЯЁ]", text))
+    return cyrillic > len(re.findall(r"[A-Za-z]", text))
+
+
+def _typed(spec: TemplateField, field: ExtractedField, cyrillic: bool) -> ExtractedField:
+    """String values cleaned like a person's entry would be (codes repaired); typed values are
+    already normalised."""
+    if spec.type != "string":
+        return field
+    value = normalise("string", field.value)
+    if spec.identifier and isinstance(value, str):
+        value = repair_identifier(value, cyrillic)
+    return field.model_copy(update={"value": value})

@@ -59,6 +59,8 @@ class TemplateField(_Strict):
     # in "Счёт № 145 от 12.03.2024", not in "Договор № 7 от 01.02.2024".
     after: dict[str, list[str]] = Field(default_factory=dict, description="field name -> labels")
     pattern: str | None = Field(default=None, description="regular expression of a string value (its group 1, if any)")
+    identifier: bool = Field(default=False, description="a code of letters and digits: OCR's look-alike letters "
+                             "are put in the page's script and an O before digits after a prefix read as 0")
     pick: Literal["first", "last"] = Field(default="first", description="which label on the page, when several match")
     date_order: DateOrder = "dmy"
     hints: dict[str, FieldHint] = Field(default_factory=dict, description="keys: classic, vlm or a model name")
