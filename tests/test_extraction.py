@@ -10,7 +10,15 @@ from PIL import Image, ImageDraw
 from models.contract import PageResult
 from tests.conftest import font, png_bytes
 from utils.documents.reader import open_document
-from utils.extraction.classic import Line, find_fields, fold, label_regex, lines_of, word_spans
+from utils.extraction.classic import (
+    Line,
+    find_fields,
+    fold,
+    label_regex,
+    lines_of,
+    repair_identifier,
+    word_spans,
+)
 from utils.extraction.extract import extract_document
 from utils.extraction.normalise import NotAValue, find_amount, find_date, normalise
 from utils.extraction.result import Extraction, check_problems, correct, empty_fields, to_csv
@@ -256,6 +264,23 @@ def test_after_labels_must_name_fields_of_the_template(tmp_path):
     with pytest.raises(TemplateError, match=r"fields.d.after: expected field names of this template \(d\), "
                                             r"got \['number'\]"):
         load_template(_write(tmp_path, "x.yaml", body))
+
+
+@pytest.mark.parametrize("read,cyrillic,repaired", [
+    ("INVO03960", False, "INV003960"), ("INVOO3960", False, "INV003960"),  # zeros read as O after a prefix
+    ("INV00O5225", False, "INV005225"), ("12O4", True, "1204"),  # or between digits
+    ("PO12345", False, "PO12345"), ("SO-120", False, "SO-120"),  # a one-letter prefix keeps its O
+    ("А-05558", False, "A-05558"), ("A-123", True, "А-123"),  # look-alike letters in the page's script
+    ("BII-008461", True, "BII-008461"), ("БП-000145", True, "БП-000145"), ("2024/117", False, "2024/117"),
+])
+def test_codes_are_repaired_from_ocr_look_alikes(read, cyrillic, repaired):
+    assert repair_identifier(read, cyrillic) == repaired
+
+
+def test_only_identifier_fields_are_repaired(invoice):
+    lines = [line("Invoice No.: INVO03960", 100, 100, 600, 130), line("Bill to: OOO Bank", 100, 150, 600, 180)]
+    fields = find_fields(invoice, lines)
+    assert fields["number"].value == "INV003960" and fields["buyer"].value == "OOO Bank"
 
 
 def test_pick_last_takes_the_grand_total_and_pages_are_kept(invoice):

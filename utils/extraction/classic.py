@@ -417,13 +417,14 @@ _LATIN_LOOKS = "ABCEHKMOPTXaceopxy"
 _CYRILLIC_LOOKS = "АВСЕНКМОРТХасеорху"
 _TO_CYRILLIC = str.maketrans(_LATIN_LOOKS, _CYRILLIC_LOOKS)
 _TO_LATIN = str.maketrans(_CYRILLIC_LOOKS, _LATIN_LOOKS)
-# An O (Latin or Cyrillic) read for a zero: after a prefix of two letters or more, before digits.
-_O_FOR_ZERO = re.compile(r"(?<=[^\W\d_]{2})[OoОо]+(?=\d)")
+# An O (Latin or Cyrillic) read for a zero: between digits, or before digits after a prefix of two
+# letters or more ("INVO03960"; "PO123" keeps its O).
+_O_FOR_ZERO = re.compile(r"(?<=\d)[OoОо]+(?=\d)|(?<=[^\W\d_]{2})[OoОо]+(?=\d)")
 
 
 def repair_identifier(value: str, cyrillic: bool) -> str:
     """A code as OCR misreads it, repaired: look-alike letters in the page's script ("А-05558" with
-    a Cyrillic А on an English page), and zeros read as O after a letter prefix ("INVO03960")."""
+    a Cyrillic А on an English page), and zeros read as O ("INVO03960", "INV00O5225")."""
     if cyrillic:
         latin = [ch for ch in value if "a" <= ch.lower() <= "z"]
         if latin and all(ch in _LATIN_LOOKS for ch in latin):
