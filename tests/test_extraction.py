@@ -46,7 +46,8 @@ def invoice():
     ("3 янв. 2025", "2025-01-03"), ("март 12, 2024", "2024-03-12"), ("March 12, 2024", "2024-03-12"),
     ("12 Mar 2024", "2024-03-12"), ("12-Mar-2024", "2024-03-12"), ("1st of May, 2023", "2023-05-01"),
     ("Sept. 9 2022", "2022-09-09"), ("30,09.2024", "2024-09-30"), ("13/01/2024", "2024-01-13"),
-    ("30 Мау 2026", "2026-05-30"), ("2. January 2024", "2024-01-02"),  # Cyrillic М, а, у read for Latin
+    ("30 Мау 2026", "2026-05-30"),  # Cyrillic М, а, у read for Latin
+    ("2. January 2024", "2024-01-02"), ("August .6, 2024", "2024-08-06"),
 ])
 def test_dates_in_russian_and_english_become_iso(text, iso):
     assert find_date(text).value == iso
@@ -227,6 +228,16 @@ def test_values_right_of_the_label_and_under_it(invoice):
     assert fields["date"].value == "2020-01-21" and fields["date"].bbox[0] == 100
     assert fields["due_date"].value == "2020-02-04"
     assert fields["total"].value == 3329.06
+
+
+def test_ocr_debris_between_column_labels_and_a_skewed_row(invoice):
+    lines = [line("Invoice No, р Invoice date", 100, 300, 800, 340, words=((100, 200), (215, 255), (330, 340),
+                                                                          (600, 700), (715, 770))),
+             line("A-09578 23/08/2019", 100, 341, 780, 380, words=((100, 210), (600, 745))),
+             line("Payment due:", 1000, 248, 1110, 265), line("12.05.2022", 1290, 239, 1400, 256)]
+    fields = find_fields(invoice, lines)
+    assert (fields["number"].value, fields["date"].value) == ("A-09578", "2019-08-23")
+    assert fields["due_date"].value == "2022-05-12"
 
 
 def test_a_neighbour_line_counts_only_when_it_is_the_value_alone(invoice):

@@ -300,7 +300,7 @@ class _Page:
             if other == index or (line.bbox[0] < x2 - 2 if side == "right" else line.bbox[2] > x1 + 2):
                 continue
             overlap = min(y2, line.bbox[3]) - max(y1, line.bbox[1])
-            if overlap >= 0.5 * min(y2 - y1, _height(line.bbox)):
+            if overlap >= 0.4 * min(y2 - y1, _height(line.bbox)):  # a skewed page shifts the row a little
                 row.append(other)
         return sorted(row, key=lambda other: self.lines[other].bbox[0], reverse=side == "left")
 
@@ -349,8 +349,8 @@ def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
         start = label.end + found.start
         return ExtractedField(value=found.value, source=line.text[start:label.end + found.end].strip(),
                               page=line.page, bbox=_span_box(line, start, label.end + found.end))
-    if segment.strip(" \t:;.-–—|#№"):
-        return None  # something else follows the label on its line: not this field's value
+    if re.search(r"\d|[^\W\d_]{2}", segment):
+        return None  # something else follows the label on its line (not punctuation, not a stray letter)
     label_box = _span_box(line, label.start, label.end)
     # Beside the label: the text of the line to its right, before any label of its own.
     right_lines = page.beside(index, label_box, "right")
