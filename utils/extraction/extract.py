@@ -7,11 +7,14 @@ an Extraction whose problems say what is missing; a page that fails is a problem
 """
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Sequence
 
+from PIL import Image
+
 from models.contract import RunOptions, TokenCallback
-from utils.documents.reader import Document, DocumentError
+from utils.documents.reader import Document, DocumentError, open_document
 from utils.engine.loader import Loader
 from utils.engine.runner import PageStarted, run_pages
 from utils.extraction.classic import Line, find_fields, lines_of
@@ -62,7 +65,48 @@ def _classic(loader, document, template, model, indices, extraction, on_page, st
         extraction.error = errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more pages)"
         return []
     extraction.fields = find_fields(template, lines, "classic", model)
+    missing = [name for name in template.required() if extraction.fields[name].value is None]
+    if missing and not (stop is not None and stop.is_set()):
+        _second_look(loader, document, template, model, indices, extraction, missing)
     return errors
+
+
+def _second_look(loader, document, template, model, indices, extraction, missing: list[str]) -> None:
+    """Read the pages again at twice the resolution and take the required fields still missing.
+
+    Tesseract reads best with letters some 20 pixels high or more; scans at 150 dpi or less, blurred
+    or shrunk, lose characters and whole lines that it finds at double size. Only what is missing
+    is taken, so a value read at the page's own size is never replaced."""
+    lines: list[Line] = []
+    for index in indices:
+        try:
+            image = document.render(index)
+            factor = min(2.0, (loader.settings.documents.max_page_pixels / (image.width * image.height)) ** 0.5)
+            if factor <= 1.2:
+                continue
+            larger = image.resize((round(image.width * factor), round(image.height * factor)),
+                                  Image.Resampling.LANCZOS)
+            buffer = io.BytesIO()
+            larger.save(buffer, format="PNG")
+            page = open_document(f"{document.name} (×{factor:g})", buffer.getvalue(), loader.settings.documents)
+        except DocumentError:
+            continue
+        for outcome in run_pages(loader, page, [0], model, "text"):
+            if outcome.result is not None:
+                lines += [_scaled(line, index, 1 / factor) for line in lines_of(outcome.result, 0, larger)]
+    if not lines:
+        return
+    found = find_fields(template, lines, "classic", model)
+    for name in missing:
+        if found[name].value is not None:
+            extraction.fields[name] = found[name]
+
+
+def _scaled(line: Line, page: int, factor: float) -> Line:
+    """A line read on an enlarged page, in the original page's index and pixels."""
+    x1, y1, x2, y2 = (v * factor for v in line.bbox)
+    words = tuple((a * factor, b * factor) for a, b in line.words) if line.words is not None else None
+    return Line(page, line.text, (x1, y1, x2, y2), words)
 
 
 def _vlm(loader, document, template, model, indices, extraction, on_page, on_token, stop) -> list[str]:

@@ -94,7 +94,7 @@ _DATE_PATTERNS = (
     re.compile(r"(?<!\d)(?P<d>\d{1,2})(?:st|nd|rd|th|\.)?\s*[»\"'”]?\s*(?:of\s+)?[-\s]?\s*(?P<mon>" + _WORD
                + r"{3,})\.?,?[-\s]?\s*(?P<y>\d{4})(?!\d)", re.IGNORECASE),
     # March 12, 2024 · Mar. 12 2024
-    re.compile(r"(?<!" + _WORD + r")(?P<mon>" + _WORD + r"{3,})\.?\s+[.,]?(?P<d>\d{1,2})(?:st|nd|rd|th)?,?\s+"
+    re.compile(r"(?<!" + _WORD + r")(?P<mon>" + _WORD + r"{3,})\.?\s+[.,]?(?P<d>\d{1,2})(?:st|nd|rd|th)?,?\s*"
                r"(?P<y>\d{4})(?!\d)", re.IGNORECASE),
 )
 
