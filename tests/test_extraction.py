@@ -7,8 +7,9 @@ import shutil
 import pytest
 from PIL import Image, ImageDraw
 
-from models.contract import PageResult
+from models.contract import Block, PageResult
 from tests.conftest import font, png_bytes
+from utils.config import DocumentLimits
 from utils.documents.reader import open_document
 from utils.extraction.classic import (
     Line,
@@ -446,6 +447,7 @@ class FakeSpec:
 class FakeSettings:
     def __init__(self, tasks):
         self._spec = FakeSpec(tasks)
+        self.documents = DocumentLimits()
 
     def model(self, name):
         return self._spec
@@ -497,3 +499,31 @@ def test_a_failing_page_is_one_line_error(invoice, blank_document):
     extraction = extract_document(ScriptedVLM([RuntimeError("CUDA error: an illegal memory access\ntrace")]),
                                   blank_document, invoice, "m")
     assert extraction.error == "page 1: CUDA error: an illegal memory access" and extraction.problems == []
+
+
+class ScriptedOCR:
+    """Stands in for the Loader with a classic engine: each call returns the next page of lines."""
+
+    def __init__(self, pages):
+        self.settings = FakeSettings(["text", "layout"])
+        self.pages = list(pages)
+        self.sizes = []
+
+    def run(self, model, image, task, options=None, on_token=None, page=None, source=None):
+        self.sizes.append(image.size)
+        blocks = [Block(bbox=box, category="Line", text=text) for text, box in self.pages.pop(0)]
+        return PageResult(text="\n".join(b.text for b in blocks), blocks=blocks, model=model, task=task)
+
+
+def test_a_second_look_at_double_size_fills_only_the_missing_required_fields(invoice, blank_document):
+    first = [("Invoice No.: 77", (10, 10, 200, 30)), ("Date: 01.02.2024", (10, 40, 200, 60))]
+    second = [("Invoice No.: 78", (20, 20, 400, 60)), ("Total: 12.50", (200, 200, 380, 240))]
+    loader = ScriptedOCR([first, second])
+    extraction = extract_document(loader, blank_document, invoice, "tesseract")
+    assert loader.sizes == [(400, 300), (800, 600)]
+    assert extraction.values()["number"] == "77"  # read at the page's own size: kept
+    assert extraction.values()["total"] == 12.5 and extraction.fields["total"].bbox[1:] == (100, 190, 120)
+    assert extraction.problems == []
+    complete = ScriptedOCR([first + [("Total: 1.00", (10, 70, 200, 90))]])
+    assert extract_document(complete, blank_document, invoice, "tesseract").values()["total"] == 1.0
+    assert len(complete.sizes) == 1  # nothing missing: no second look

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from PIL import Image
 
@@ -88,7 +89,8 @@ def _second_look(loader, document, template, model, indices, extraction, missing
                                   Image.Resampling.LANCZOS)
             buffer = io.BytesIO()
             larger.save(buffer, format="PNG")
-            page = open_document(f"{document.name} (×{factor:g})", buffer.getvalue(), loader.settings.documents)
+            page = open_document(f"{Path(document.name).stem}_x{factor:.1f}.png", buffer.getvalue(),
+                                 loader.settings.documents)
         except DocumentError:
             continue
         for outcome in run_pages(loader, page, [0], model, "text"):
