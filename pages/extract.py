@@ -102,15 +102,17 @@ def _run(documents: list[Document], selection: str, template: Template, model: s
                       state="error" if failed == len(documents) else "complete", expanded=bool(failed))
 
 
-def _display(value) -> str:
-    return "" if value is None else str(value)
+def _display(value, kind: str = "string") -> str:
+    if value is None:
+        return ""
+    return f"{value:.2f}" if kind == "amount" and isinstance(value, float) else str(value)
 
 
 def _table(template: Template, extraction: Extraction) -> pd.DataFrame:
     rows = []
     for name, spec in template.fields.items():
         field = extraction.fields.get(name)
-        rows.append({"Field": name, EDITABLE: _display(field.value if field else None), "Type": spec.type,
+        rows.append({"Field": name, EDITABLE: _display(field.value if field else None, spec.type), "Type": spec.type,
                      "Required": spec.required, "Read from": (field.source or "") if field else "",
                      "Page": (field.page + 1) if field and field.page is not None else None,
                      "Corrected": bool(field and field.corrected)})
@@ -139,12 +141,13 @@ def _apply_edits(key: ResultKey, template: Template, extraction: Extraction, edi
     for _, row in edited.iterrows():
         name, typed = row["Field"], row[EDITABLE]
         typed = "" if typed is None or (isinstance(typed, float) and pd.isna(typed)) else str(typed)
-        if typed == _display(extraction.values().get(name)):
+        kind = template.fields[name].type
+        if typed == _display(extraction.values().get(name), kind):
             continue
         try:
             extraction, correction = correct(template, extraction, name, typed)
         except NotAValue as exc:
-            st.error(f"{exc} — kept {_display(extraction.values().get(name)) or 'no value'}")
+            st.error(f"{exc} — kept {_display(extraction.values().get(name), kind) or 'no value'}")
             continue
         corrections.append(correction)
     if corrections:

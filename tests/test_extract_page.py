@@ -63,7 +63,7 @@ def test_extract_correct_and_download(app_test, invoices):
     assert [(c.field, c.before, c.after) for c in corrections] == [("date", truth.date, "2024-04-01")]
 
     edit(at, "total", "a lot")  # a bad correction is one line and the value stays
-    assert [e.value for e in at.error] == [f"total: 'a lot' is not an amount — kept {truth.total}"]
+    assert [e.value for e in at.error] == [f"total: 'a lot' is not an amount — kept {truth.total:.2f}"]
     (extraction,) = at.session_state["extract_results"].values()
     assert extraction.fields["total"].value == truth.total and not at.exception
 
