@@ -87,6 +87,7 @@ navigation = st.navigation([
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page("pages/batch.py", title="Batch", icon=":material/stacks:", url_path="batch"),
     st.Page("pages/history.py", title="History", icon=":material/history:", url_path="history"),
+    st.Page("pages/extract.py", title="Extract", icon=":material/table_view:", url_path="extract"),
     st.Page("pages/system.py", title="System", icon=":material/monitor_heart:", url_path="system"),
 ])
 return_to = st.session_state.pop("return_to", None)

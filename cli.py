@@ -11,6 +11,7 @@
   python cli.py batch INPUT... --model NAME[,NAME] --out DIR [--task T] [--workers N] [--db PATH]
                      [--backend local|openai] [--base-url URL] [--concurrency N]
   python cli.py history [--json] [--document D] [--model M] [--task T] [--search TEXT] [--db PATH]
+  python cli.py extract FILE... --template NAME|FILE.yaml [--model NAME] [--pages 1-3] [--format json|csv]
 """
 from __future__ import annotations
 
@@ -418,6 +419,51 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, help="requests in flight to the server at once")
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    """A template's fields from each document: JSON (one object per document) or CSV (one row each)."""
+    from utils.documents.reader import parse_page_selection
+    from utils.extraction.extract import extract_document
+    from utils.extraction.result import Extraction, to_csv
+    from utils.extraction.templates import TemplateError, resolve_template
+
+    settings = settings_with_model_path(cached_settings(), args.model, args.model_path)
+    try:
+        template = resolve_template(args.template, known_models=settings.models)
+    except TemplateError as exc:
+        raise UsageError(f"template: {exc}") from None
+    loader = Loader(settings)
+    extractions = []
+    try:
+        for file in args.files:
+            name = Path(file).name
+            try:
+                document = open_path(file, settings.documents)
+                pages = parse_page_selection(args.pages, document.page_count)
+
+                def progress(done: int, total: int, index: int, name: str = name) -> None:
+                    print(f"{name}: page {index + 1} ({done + 1} of {total}) with {args.model}…", file=sys.stderr)
+
+                extraction = extract_document(loader, document, template, args.model, pages, on_page=progress)
+            except (DocumentError, ValueError) as exc:
+                extraction = Extraction(file=name, template=template.name, model=args.model, fields={},
+                                        error=one_line(exc))
+            except Exception as exc:  # every failure is reported per document; the others still run
+                extraction = Extraction(file=name, template=template.name, model=args.model, fields={},
+                                        error=f"{name}: {one_line(exc)}")
+            extractions.append(extraction)
+            for line in ([extraction.error] if extraction.error else extraction.problems):
+                print(f"{name}: {line}" if not line.startswith(name) else line, file=sys.stderr)
+    finally:
+        loader.close()
+    if args.format == "csv":
+        sys.stdout.write(to_csv(template, extractions))
+    else:
+        json.dump({"template": template.name, "model": args.model,
+                   "documents": [e.to_json() for e in extractions]}, sys.stdout, ensure_ascii=False, indent=2)
+        print()
+    return 1 if any(e.error or e.problems for e in extractions) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Document OCR with classic engines and VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -493,6 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.set_defaults(func=cmd_serve)
+
+    extract = sub.add_parser("extract", help="fields of a document template (invoice, receipt, passport, ...) as data")
+    extract.add_argument("files", nargs="+", metavar="FILE")
+    extract.add_argument("--template", required=True,
+                         help="template name (invoice, receipt, passport, driver_licence) or a template .yaml file")
+    extract.add_argument("--model", help="model name (default: the first available of config default_models)")
+    extract.add_argument("--pages", help='pages to read, like "1-3,7" (default: all)')
+    extract.add_argument("--format", default="json", choices=("json", "csv"))
+    extract.add_argument("--model-path", help="load the model from this local snapshot folder")
+    extract.set_defaults(func=cmd_extract)
     return parser
 
 
