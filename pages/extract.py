@@ -12,7 +12,6 @@ from PIL import Image, ImageDraw
 
 from pages.ui.common import (
     UPLOAD_TYPES,
-    document_key,
     get_loader,
     model_catalog,
     open_upload,
@@ -92,7 +91,7 @@ def _run(documents: list[Document], selection: str, template: Template, model: s
                 st.error(f"{document.name}: {one_line(exc)}")
                 failed += 1
                 continue
-            key = (document_key(document), template.name, model)
+            key = (document.digest, template.name, model)
             _results()[key] = extraction
             _corrections().pop(key, None)
             _bump_editor(key)
@@ -257,7 +256,7 @@ def main() -> None:
                                                 key="extract_run_all"):
         _run(documents, selection, template, model)
 
-    key = (document_key(document), template.name, model)
+    key = (document.digest, template.name, model)
     extraction = _results().get(key)
     if extraction is None:
         image = page_image(document, 0)

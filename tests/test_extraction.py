@@ -461,7 +461,7 @@ class ScriptedVLM:
         self.answers = list(answers)
         self.requests = []
 
-    def run(self, model, image, task, options=None, on_token=None, page=None, source=None):
+    def run(self, model, image, task, options=None, on_token=None, page=None, source=None, on_wait=None):
         self.requests.append((task, options, page))
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
@@ -498,7 +498,7 @@ def test_malformed_json_twice_is_one_problem_and_the_document_keeps_its_place(in
 def test_a_failing_page_is_one_line_error(invoice, blank_document):
     extraction = extract_document(ScriptedVLM([RuntimeError("CUDA error: an illegal memory access\ntrace")]),
                                   blank_document, invoice, "m")
-    assert extraction.error == "page 1: CUDA error: an illegal memory access" and extraction.problems == []
+    assert extraction.error == "scan.png: page 1: CUDA error: an illegal memory access" and extraction.problems == []
 
 
 class ScriptedOCR:
@@ -509,7 +509,7 @@ class ScriptedOCR:
         self.pages = list(pages)
         self.sizes = []
 
-    def run(self, model, image, task, options=None, on_token=None, page=None, source=None):
+    def run(self, model, image, task, options=None, on_token=None, page=None, source=None, on_wait=None):
         self.sizes.append(image.size)
         blocks = [Block(bbox=box, category="Line", text=text) for text, box in self.pages.pop(0)]
         return PageResult(text="\n".join(b.text for b in blocks), blocks=blocks, model=model, task=task)

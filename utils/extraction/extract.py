@@ -58,7 +58,7 @@ def _classic(loader, document, template, model, indices, extraction, on_page, st
             errors.append(outcome.error or f"page {outcome.page + 1}: no result")
         else:
             try:  # the page again, for where the words of each line lie (the engine gives line boxes)
-                image = document.render(outcome.page)
+                image = document.render(outcome.page).image
             except DocumentError:
                 image = None
             lines += lines_of(outcome.result, outcome.page, image)
@@ -81,7 +81,7 @@ def _second_look(loader, document, template, model, indices, extraction, missing
     lines: list[Line] = []
     for index in indices:
         try:
-            image = document.render(index)
+            image = document.render(index).image
             factor = min(2.0, (loader.settings.documents.max_page_pixels / (image.width * image.height)) ** 0.5)
             if factor <= 1.2:
                 continue
