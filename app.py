@@ -7,6 +7,7 @@ from pages.ui.common import get_loader, model_catalog, model_label
 from pages.ui.model_setup import weights_controls
 from utils.config import ConfigError
 from utils.engine import gpu
+from utils.engine.loader import CHECKING
 
 st.set_page_config(page_title="ChatVLMLLM OCR", page_icon="📄", layout="wide")
 
@@ -35,16 +36,30 @@ def sidebar() -> None:
             for status in catalog:
                 st.markdown(f"`{status.name}` {model_label(status)}")
         guard_status()
-        gpu_monitor()
 
 
 def guard_status() -> None:
     loader = get_loader()
-    st.caption(f"Profile: **{loader.profile_name}**")
+    if loader.checking_gpu:
+        await_preflight()
+        return
+    info = loader.system_info()
+    st.caption(f"Profile: **{info.profile}**" + (" · fallback after a GPU fault" if info.fell_back else ""))
     events = loader.recovery_events()
     if events:
         last = events[-1]
         st.warning(f"{len(events)} recovery event(s); last: {last.kind} → {last.action}", icon=":material/warning:")
+    if info.preflight is not None and info.preflight.gpu_present:
+        gpu_monitor()
+
+
+@st.fragment(run_every=1)
+def await_preflight() -> None:
+    """The GPU check runs in the background; the app is drawn again once it is done."""
+    if get_loader().checking_gpu:
+        st.caption(f"Profile: **{CHECKING}**")
+    else:
+        st.rerun()
 
 
 @st.fragment(run_every=5)

@@ -22,6 +22,9 @@ class ModelAdapter(Generic[OptionsT]):
 
     Options: ClassVar[type[BaseModel]] = NoOptions
     supported_tasks: ClassVar[tuple[str, ...]] = ("text",)
+    # A classic engine that never uses a GPU and loads in a moment: it runs in a worker of its own,
+    # kept resident, so it never waits behind a GPU model.
+    cpu_engine: ClassVar[bool] = False
 
     def __init__(self, name: str, spec: ModelSpec, profile: Profile):
         self.name = name

@@ -24,6 +24,7 @@ class RapidOCROptions(BaseModel):
 class RapidOCRAdapter(ModelAdapter):
     Options = RapidOCROptions
     supported_tasks = ("text", "layout")
+    cpu_engine = True
 
     @classmethod
     def availability(cls, spec: ModelSpec) -> Availability:

@@ -74,6 +74,7 @@ def find_tessdata(configured: str | None) -> Path | None:
 class TesseractAdapter(ModelAdapter):
     Options = TesseractOptions
     supported_tasks = ("text", "layout")
+    cpu_engine = True
 
     @classmethod
     def availability(cls, spec: ModelSpec) -> Availability:

@@ -1,10 +1,10 @@
 """The single door through which the UI and the CLI run a model on a page.
 
-Models run in a supervised worker process (utils/engine/guard.py); this process never touches CUDA.
+Models run in supervised worker processes (utils/engine/guard.py); this process never touches CUDA.
+Classic CPU engines and GPU models have a worker each, so a Tesseract page never queues behind a VLM.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 from PIL import Image
@@ -12,11 +12,12 @@ from PIL import Image
 from models.contract import Availability, PageResult, RunOptions, TokenCallback
 from models.registry import adapter_class
 from utils.config import CPU_FALLBACK_CONFIG, ConfigError, Settings, cached_settings, with_overlay
-from utils.engine.guard import Guard, RecoveryEvent, RequestFailed, SystemInfo
+from utils.engine.guard import CHECKING, Guard, RecoveryEvent, RequestFailed, SystemInfo, WaitCallback
 from utils.engine.pool import ModelUnavailable
+from utils.engine.preflight import PreflightResult
 
 __all__ = ["Loader", "ModelStatus", "ModelUnavailable", "ConfigError", "RequestFailed", "RecoveryEvent",
-           "SystemInfo"]
+           "SystemInfo", "WaitCallback", "CHECKING"]
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,11 @@ class ModelStatus:
 
 class Loader:
     """`fallback` is the CPU profile switched to when the GPU cannot be trusted; by default
-    `settings` overlaid with config_cpu_fallback.yaml."""
+    `settings` overlaid with config_cpu_fallback.yaml. The GPU preflight starts in the background here."""
 
     def __init__(self, settings: Settings | None = None, fallback: Settings | None = None):
         settings = settings or cached_settings()
         self._guard = Guard(settings, fallback or with_overlay(settings, CPU_FALLBACK_CONFIG))
-        self._lock = threading.Lock()  # one inference at a time: one worker, one device
 
     @property
     def settings(self) -> Settings:
@@ -60,26 +60,40 @@ class Loader:
 
     def run(self, model: str, image: Image.Image, task: str = "text", options: RunOptions | None = None,
             on_token: TokenCallback | None = None, page: int | None = None,
-            source: str | None = None) -> PageResult:
-        """Raises the worker's own exception type for bad input, RequestFailed when recovery gave up."""
-        with self._lock:
-            result = self._guard.run(model, image, task, options, on_token)
+            source: str | None = None, *, on_wait: WaitCallback | None = None) -> PageResult:
+        """Raises the worker's own exception type for bad input, RequestFailed when recovery gave up.
+
+        Requests for the same worker run one at a time, in order of arrival; while this one waits,
+        `on_wait(n)` is told the number of requests ahead of it whenever it changes, and 0 when it starts.
+        """
+        result = self._guard.run(model, image, task, options, on_token, on_wait)
         result.page = page
         result.source = source
         return result
 
     def set_model_path(self, model: str, path: str | None) -> None:
         """Load `model` from a local snapshot folder (None: back to the Hugging Face cache)."""
-        with self._lock:
-            self._guard.set_local_path(model, path)
+        self._guard.set_local_path(model, path)
 
     @property
     def resident_models(self) -> list[str]:
         return self._guard.resident_models
 
+    def requests_ahead(self, model: str) -> int:
+        """How many requests a request for `model` made now would wait behind (0: it would start at once)."""
+        return self._guard.requests_ahead(model)
+
     @property
     def profile_name(self) -> str:
+        """The profile in use; CHECKING while the GPU preflight runs (never waits for it)."""
         return self._guard.profile_name
+
+    @property
+    def checking_gpu(self) -> bool:
+        return self._guard.checking_gpu
+
+    def wait_for_preflight(self, timeout: float | None = None) -> PreflightResult | None:
+        return self._guard.wait_for_preflight(timeout)
 
     def recovery_events(self) -> list[RecoveryEvent]:
         return self._guard.events()
@@ -91,5 +105,4 @@ class Loader:
         return self._guard.healthy()
 
     def close(self) -> None:
-        with self._lock:
-            self._guard.close()
+        self._guard.close()

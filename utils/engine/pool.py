@@ -1,4 +1,4 @@
-"""Loaded adapters kept resident between pages; switching models frees the least recently used."""
+"""Loaded adapters kept resident between pages; past `max_resident` the least recently used is freed."""
 from __future__ import annotations
 
 import gc
@@ -18,8 +18,10 @@ class ModelUnavailable(RuntimeError):
 
 
 class AdapterPool:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, max_resident: int | None = None):
+        """`max_resident`: None keeps guard.max_resident_models."""
         self.settings = settings
+        self.max_resident = max_resident or settings.guard.max_resident_models
         self._resident: OrderedDict[str, ModelAdapter] = OrderedDict()
 
     @property
@@ -36,7 +38,7 @@ class AdapterPool:
         if not availability.available:
             fix = f" To fix: {availability.fix}" if availability.fix else ""
             raise ModelUnavailable(f"{name} is {availability.status}: {availability.reason}.{fix}")
-        while len(self._resident) >= self.settings.guard.max_resident_models:
+        while len(self._resident) >= self.max_resident:
             self.release(next(iter(self._resident)))
         started = time.perf_counter()
         adapter = cls(name, spec, self.settings.profile)

@@ -1,0 +1,105 @@
+"""What the parent and a worker process say to each other over their pipe, and how errors are classed.
+
+The parent first sends (settings, max_resident); then per request a Request and the page's raw pixels;
+the worker answers with any number of Token messages and one Reply. `None` asks the worker to exit.
+A Request may name a fault to inject (utils/engine/fault_injection.py): the parent decides which
+request is faulted, the worker only acts on it.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Literal
+
+from PIL import Image
+
+from models.contract import PageResult, RunOptions
+
+# CUDA runtime errors after which the context is unusable until the process exits (cudaError_t values).
+STICKY_CUDA_CODES = frozenset({700, 702, 710, 716, 717, 718, 719})
+NO_KERNEL_IMAGE = 209
+GPU_GONE_CODES = frozenset({46, 100})  # devices unavailable, no CUDA-capable device
+# After these the worker replies and exits at once: its CUDA context cannot be trusted any more.
+EXIT_AFTER_REPLY = frozenset({"fatal", "unsupported_arch", "gpu_lost"})
+
+ReplyKind = Literal["ok", "error", "oom", "fatal", "unsupported_arch", "gpu_lost"]
+
+
+@dataclass
+class Request:
+    model: str
+    task: str
+    options: RunOptions
+    stream: bool
+    mode: str
+    size: tuple[int, int]
+    palette: list[int] | None
+    fault: str | None = None  # a fault_injection kind the worker must act out instead of running the model
+
+
+@dataclass
+class Token:
+    text: str
+
+
+@dataclass
+class Reply:
+    kind: ReplyKind
+    result: PageResult | None = None
+    error_type: str = "builtins:RuntimeError"  # "module:qualname"; a class would make the parent import its module
+    message: str = ""
+    code: int | None = None
+    resident: tuple[str, ...] = ()
+
+    def exception(self) -> Exception:
+        """The worker's exception type with its one-line message, if the parent knows that type already."""
+        module, _, qualname = self.error_type.partition(":")
+        found = sys.modules.get(module)
+        for part in qualname.split("."):
+            found = getattr(found, part, None)
+        if isinstance(found, type) and issubclass(found, Exception):
+            try:
+                return found(self.message)
+            except Exception:  # a constructor that wants more than a message
+                pass
+        return RuntimeError(f"{qualname.rsplit('.', 1)[-1]}: {self.message}")
+
+
+def _is_out_of_memory(exc: BaseException, text: str) -> bool:
+    torch = sys.modules.get("torch")
+    oom_class = getattr(torch, "OutOfMemoryError", None) if torch else None
+    return (isinstance(exc, MemoryError) or (oom_class is not None and isinstance(exc, oom_class))
+            or "out of memory" in text.lower())
+
+
+def classify(exc: BaseException) -> tuple[ReplyKind, int | None]:
+    """Error class and CUDA error code: by torch.AcceleratorError.error_code when present, else by message."""
+    code = getattr(exc, "error_code", None)
+    code = code if isinstance(code, int) else None
+    text = str(exc)
+    if code == NO_KERNEL_IMAGE or "no kernel image is available" in text:
+        return "unsupported_arch", code
+    if code in GPU_GONE_CODES or "no CUDA-capable device is detected" in text:
+        return "gpu_lost", code
+    if code in STICKY_CUDA_CODES:
+        return "fatal", code
+    if _is_out_of_memory(exc, text):
+        return "oom", code
+    if "CUDA error" in text:  # any other CUDA error: the context can no longer be trusted
+        return "fatal", code
+    return "error", code
+
+
+def send_image(conn: Connection, request_fields: dict, image: Image.Image) -> None:
+    """Header, then the raw pixels: copied once on each side, never pickled."""
+    palette = image.getpalette() if image.mode in ("P", "PA") else None
+    conn.send(Request(**request_fields, mode=image.mode, size=image.size, palette=palette))
+    conn.send_bytes(image.tobytes())
+
+
+def image_from(request: Request, data: bytes) -> Image.Image:
+    image = Image.frombytes(request.mode, request.size, data)
+    if request.palette is not None:
+        image.putpalette(request.palette)
+    return image
