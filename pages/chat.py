@@ -118,6 +118,8 @@ def main() -> None:
         st.caption(f"⚠ {note}")
     if chat is not None:
         _show(chat)
+    longest = st.number_input("Longest answer (tokens)", min_value=8, max_value=8192, value=1024, step=64,
+                              key="chat_max_tokens")
     question = st.chat_input("Ask about the document", disabled=document is None, key="chat_question")
     if not question or document is None:
         return
@@ -137,7 +139,7 @@ def main() -> None:
     with st.chat_message("assistant"):
         view = TokenView(st.empty(), tail=4000)
         try:
-            ask(loader, document, chat, question, view, store)
+            ask(loader, document, chat, question, view, store, max_new_tokens=int(longest))
         except Exception as exc:  # out of memory, a worker that died twice: one line, the turns so far kept
             st.error(f"{model}: {one_line(exc)}")
             return

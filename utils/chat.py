@@ -93,14 +93,16 @@ def start_chat(loader: Loader, document: Document, pages: Sequence[int], model: 
 
 
 def ask(loader: Loader, document: Document, chat: Chat, question: str, on_token: TokenCallback | None = None,
-        store: Store | None = None, on_wait: WaitCallback | None = None) -> ChatTurn:
+        store: Store | None = None, on_wait: WaitCallback | None = None,
+        max_new_tokens: int | None = None) -> ChatTurn:
     """One turn: the question and the earlier turns go to the model with the image pages; the answer is
-    appended to chat.turns (with the question) and the chat saved when a store is given."""
+    appended to chat.turns (with the question) and the chat saved when a store is given.
+    `max_new_tokens`: the longest answer (None: the model's configured cap for chat)."""
     if not question.strip():
         raise ValueError("ask a question")
     images = [document.render(page).image for page in chat.image_pages]
     options = RunOptions(prompt=question, history=tuple((t.role, t.text) for t in chat.turns),
-                         context=chat.context or None, max_pixels=chat.max_pixels)
+                         context=chat.context or None, max_pixels=chat.max_pixels, max_new_tokens=max_new_tokens)
     result = loader.chat(chat.model, images, options, on_token, on_wait=on_wait)
     answer = ChatTurn(role="assistant", text=result.text, prompt=result.prompt, tokens=result.tokens,
                       seconds=result.seconds, warnings=result.warnings)
