@@ -84,6 +84,7 @@ except ConfigError as exc:
 
 navigation = st.navigation([
     st.Page("pages/ocr.py", title="OCR", icon=":material/description:", url_path="ocr", default=True),
+    st.Page("pages/chat.py", title="Chat", icon=":material/chat:", url_path="chat"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page("pages/batch.py", title="Batch", icon=":material/stacks:", url_path="batch"),
     st.Page("pages/history.py", title="History", icon=":material/history:", url_path="history"),

@@ -10,6 +10,7 @@
   python cli.py reparse --model NAME --task TASK --raw FILE --page-size W H [--format json|txt|md]
   python cli.py batch INPUT... --model NAME[,NAME] --out DIR [--task T] [--workers N] [--db PATH]
                      [--backend local|openai] [--base-url URL] [--concurrency N]
+  python cli.py chat FILE --model NAME [--pages 1-3] -q QUESTION [-q FOLLOW-UP ...] [--model-path DIR] [--db PATH]
   python cli.py history [--json] [--document D] [--model M] [--task T] [--search TEXT] [--db PATH]
   python cli.py extract FILE... --template NAME|FILE.yaml [--model NAME] [--pages 1-3] [--format json|csv]
 """
@@ -464,6 +465,41 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 1 if any(e.error or e.problems for e in extractions) else 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    """One conversation about a document: each -q is a turn, its answer printed as it streams."""
+    from utils.chat import CannotChat, ask, seen_line, start_chat
+
+    settings = settings_with_model_path(cached_settings(), args.model, args.model_path)
+    if any(not q.strip() for q in args.question):
+        raise UsageError("-q: a question cannot be empty")
+    try:
+        document = open_path(args.file, settings.documents)
+        selection = document.select(args.pages)
+    except DocumentError as exc:
+        raise UsageError(one_line(exc)) from None
+    store = _open_store(settings, args.db)
+    loader = Loader(settings)
+    try:
+        try:
+            chat, notes = start_chat(loader, document, selection.indices, args.model, store)
+        except CannotChat as exc:
+            raise UsageError(str(exc)) from None
+        for note in [*selection.warnings, *notes, seen_line(chat)]:
+            print(note, file=sys.stderr)
+        for question in args.question:
+            print(f"> {question}", flush=True)
+            try:
+                ask(loader, document, chat, question, lambda piece: print(piece, end="", flush=True), store)
+            except Exception as exc:  # the model failed on this turn: one line, and the turns so far are kept
+                print(f"\ncli.py: error: {args.model}: {one_line(exc)}", file=sys.stderr)
+                return 1
+            print(flush=True)
+        print(f"chat {chat.id} kept in {store.path}", file=sys.stderr)
+    finally:
+        loader.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Document OCR with classic engines and VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -549,6 +585,15 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--format", default="json", choices=("json", "csv"))
     extract.add_argument("--model-path", help="load the model from this local snapshot folder")
     extract.set_defaults(func=cmd_extract)
+    chat = sub.add_parser("chat", help="ask a VLM questions about a document (one conversation)")
+    chat.add_argument("file", metavar="FILE")
+    chat.add_argument("--model", required=True, help="a model that can chat (see `cli.py models`)")
+    chat.add_argument("--pages", help='pages to talk about, like "1-3" (default: all)')
+    chat.add_argument("-q", "--question", action="append", required=True,
+                      help="a question; repeat for follow-ups in the same conversation")
+    chat.add_argument("--model-path", help="load the model from this local snapshot folder")
+    chat.add_argument("--db", help="results store file (default: store.path from config)")
+    chat.set_defaults(func=cmd_chat)
     return parser
 
 

@@ -1,6 +1,7 @@
 """What every adapter provides. Adapters know their model and nothing of processes or UI."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from PIL import Image
@@ -51,6 +52,11 @@ class ModelAdapter(Generic[OptionsT]):
     def run(self, image: Image.Image, task: str, options: RunOptions,
             on_token: TokenCallback | None = None) -> PageResult:
         raise NotImplementedError
+
+    def chat(self, images: Sequence[Image.Image], options: RunOptions,
+             on_token: TokenCallback | None = None) -> PageResult:
+        """Answer options.prompt about the images after options.history (task "chat"); VLMs only."""
+        raise ValueError(f"{self.name} cannot chat: it only recognises text")
 
     def close(self) -> None:
         """Release what load() took; the adapter is not used again afterwards."""

@@ -266,6 +266,9 @@ class DotsOCRAdapter(VLMAdapter[DotsOCROptions]):
         max_pixels = max(run.max_pixels or self.options.max_pixels, 4 * UNIT * UNIT)
         return fit_to_budget(*page_size, UNIT, min(self.options.min_pixels, max_pixels), max_pixels)
 
+    def pixel_range(self) -> tuple[int, int]:
+        return self.options.min_pixels, self.options.max_pixels
+
     def task_prompt(self, task: str) -> str:
         mode = self.options.layout_prompt if task == "layout" else TASK_MODES[task]
         return PROMPT_MODES[mode]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from models.contract import TASKS
+from models.contract import ALL_TASKS
 from models.vlm.server import ServerOptions
 
 if TYPE_CHECKING:
@@ -47,9 +47,9 @@ class ModelSpec(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, tasks: list[str]) -> list[str]:
-        bad = [t for t in tasks if t not in TASKS]
+        bad = [t for t in tasks if t not in ALL_TASKS]
         if bad or not tasks:
-            raise ValueError(f"expected a non-empty list of {', '.join(TASKS)}; got {tasks}")
+            raise ValueError(f"expected a non-empty list of {', '.join(ALL_TASKS)}; got {tasks}")
         return tasks
 
 

@@ -23,7 +23,7 @@ from utils.engine import fault_injection, gpu, preflight
 from utils.engine.guard import RequestFailed
 from utils.engine.loader import Loader
 from utils.engine.pool import ModelUnavailable
-from utils.engine.protocol import Reply, classify, image_from, send_image
+from utils.engine.protocol import Reply, classify, receive_images, send_images
 from utils.engine.worker import Outcome, _serve, await_reply
 
 LINES = ["Invoice number 4521 dated 12 March 2024", "Total amount due: 1 250 roubles"]
@@ -342,7 +342,7 @@ def test_streamed_tokens_reach_the_caller_as_they_arrive(monkeypatch):
     fields = dict(model="fake", task="text", options=RunOptions(), stream=True)
     try:
         tokens: list[str] = []
-        send_image(parent, fields, Image.new("RGB", (30, 20)))
+        send_images(parent, fields, [Image.new("RGB", (30, 20))])
         outcome = Outcome("hang")
         await_reply(parent, 10, tokens.append, outcome)
         assert tokens == ["one ", "two ", "three"]
@@ -351,7 +351,7 @@ def test_streamed_tokens_reach_the_caller_as_they_arrive(monkeypatch):
         def stop(_text):  # like Streamlit stopping a script mid-stream
             raise KeyboardInterrupt
 
-        send_image(parent, fields, Image.new("RGB", (30, 20)))
+        send_images(parent, fields, [Image.new("RGB", (30, 20))])
         outcome = Outcome("hang")
         await_reply(parent, 10, stop, outcome)
         assert outcome.kind == "ok" and isinstance(outcome.callback_error, KeyboardInterrupt)
@@ -364,10 +364,19 @@ def test_streamed_tokens_reach_the_caller_as_they_arrive(monkeypatch):
 def test_pages_cross_the_pipe_unchanged(mode):
     image = Image.effect_noise((37, 23), 60).convert("L").convert(mode)
     parent, child = Pipe()
-    send_image(parent, dict(model="m", task="text", options=RunOptions(), stream=False), image)
-    copy = image_from(child.recv(), child.recv_bytes())
+    send_images(parent, dict(model="m", task="text", options=RunOptions(), stream=False), [image])
+    copy, = receive_images(child, child.recv())
     assert (copy.mode, copy.size, copy.tobytes()) == (image.mode, image.size, image.tobytes())
     assert copy.getpalette() == image.getpalette()
+
+
+def test_a_chat_carries_all_its_pages_across_the_pipe():
+    images = [Image.new("RGB", (30, 20), "red"), Image.effect_noise((11, 7), 60).convert("P"), Image.new("L", (5, 9))]
+    parent, child = Pipe()
+    send_images(parent, dict(model="m", task="chat", options=RunOptions(prompt="q"), stream=False), images)
+    copies = receive_images(child, child.recv())
+    assert [(c.mode, c.size, c.tobytes(), c.getpalette()) for c in copies] == [
+        (i.mode, i.size, i.tobytes(), i.getpalette()) for i in images]
 
 
 def test_errors_are_classified_by_code_then_message():

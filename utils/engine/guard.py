@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import cast
@@ -295,8 +295,10 @@ class Guard:
 
     # ---- requests -----------------------------------------------------------------------------
 
-    def run(self, model: str, image: Image.Image, task: str, options: RunOptions | None,
+    def run(self, model: str, image: Image.Image | Sequence[Image.Image], task: str, options: RunOptions | None,
             on_token: TokenCallback | None, on_wait: WaitCallback | None = None) -> PageResult:
+        """`image`: the page, or for task "chat" the list of pages the conversation is about."""
+        images = list(image) if isinstance(image, Sequence) else [image]
         if self._closed:
             raise RuntimeError("the model loader is closed")
         lane = self._lane_for(model)
@@ -305,9 +307,9 @@ class Guard:
             if self._closed:
                 raise RuntimeError("the model loader is closed")
             self._last_lane = lane.name
-            return self._serve(lane, model, image, task, options or RunOptions(), on_token)
+            return self._serve(lane, model, images, task, options or RunOptions(), on_token)
 
-    def _serve(self, lane: Lane, model: str, image: Image.Image, task: str, options: RunOptions,
+    def _serve(self, lane: Lane, model: str, images: list[Image.Image], task: str, options: RunOptions,
                on_token: TokenCallback | None) -> PageResult:
         failures = 0
         recovered: list[RecoveryEvent] = []
@@ -326,7 +328,7 @@ class Guard:
             timeout = self.settings.model(model).timeout_s or (
                 guard.request_timeout_s + (0 if model in worker.resident else guard.load_timeout_s))
             # A retry streams only if nothing was streamed yet: the caller must not see the text twice.
-            outcome = worker.request(model, image, task, options, forward if on_token and not streamed else None,
+            outcome = worker.request(model, images, task, options, forward if on_token and not streamed else None,
                                      timeout, fault)
             action = None
             if outcome.kind not in ("ok", "error"):

@@ -5,11 +5,12 @@ Classic CPU engines and GPU models have a worker each, so a Tesseract page never
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image
 
-from models.contract import Availability, PageResult, RunOptions, TokenCallback
+from models.contract import CHAT, TASKS, Availability, PageResult, RunOptions, TokenCallback
 from models.registry import adapter_class
 from models.vlm.server import ServerHealth
 from utils.config import CPU_FALLBACK_CONFIG, ConfigError, Settings, cached_settings, with_overlay
@@ -26,8 +27,9 @@ __all__ = ["Loader", "ModelStatus", "ModelUnavailable", "ConfigError", "RequestF
 class ModelStatus:
     name: str
     label: str
-    tasks: tuple[str, ...]
+    tasks: tuple[str, ...]  # what it recognises a page as
     availability: Availability
+    chats: bool = False  # it answers questions about pages (task "chat")
 
 
 class Loader:
@@ -52,7 +54,8 @@ class Loader:
             availability = adapter_class(spec).availability(spec)
         except Exception as exc:  # a broken install must show as a status, not take the page down
             availability = Availability(available=False, status="error", reason=f"{type(exc).__name__}: {exc}")
-        return ModelStatus(name, spec.label, tuple(spec.tasks), availability)
+        return ModelStatus(name, spec.label, tuple(t for t in spec.tasks if t in TASKS), availability,
+                           chats=CHAT in spec.tasks)
 
     def catalog(self) -> list[ModelStatus]:
         return [self.status(name) for name in self.settings.models]
@@ -87,6 +90,16 @@ class Loader:
         if self._served_settings.model(model).backend != "openai":
             return None
         return self._remote.health(self._served_settings, model)
+
+    def chat(self, model: str, images: Sequence[Image.Image], options: RunOptions,
+             on_token: TokenCallback | None = None, *, on_wait: WaitCallback | None = None) -> PageResult:
+        """One turn of a conversation about `images`: options.prompt is the question, options.history
+        the turns before it. Same worker, queue and recovery as a page."""
+        if not images:
+            raise ValueError("a chat needs at least one page image")
+        if self._served_settings.model(model).backend == "openai":
+            raise ModelUnavailable(f"{model} runs on a server: chat goes through models that run here for now")
+        return self._guard.run(model, list(images), CHAT, options, on_token, on_wait)
 
     def set_model_path(self, model: str, path: str | None) -> None:
         """Load `model` from a local snapshot folder (None: back to the Hugging Face cache)."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 import gc
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from PIL import Image
 
 from models.base import ModelAdapter
-from models.contract import PageResult, RunOptions, TokenCallback
+from models.contract import CHAT, PageResult, RunOptions, TokenCallback
 from models.registry import adapter_class
 from utils.config import Settings
 
@@ -53,6 +54,17 @@ class AdapterPool:
             raise ValueError(f"{name} does not do '{task}'; it supports: {', '.join(spec.tasks)}")
         adapter, load_seconds = self._acquire(name)
         result = adapter.run(image, task, options or RunOptions(), on_token)
+        result.load_seconds = load_seconds
+        return result
+
+    def chat(self, name: str, images: Sequence[Image.Image], options: RunOptions,
+             on_token: TokenCallback | None = None) -> PageResult:
+        """One turn of a conversation about `images` (task "chat")."""
+        spec = self.settings.model(name)
+        if CHAT not in spec.tasks:
+            raise ValueError(f"{name} cannot chat; it supports: {', '.join(spec.tasks)}")
+        adapter, load_seconds = self._acquire(name)
+        result = adapter.chat(images, options, on_token)
         result.load_seconds = load_seconds
         return result
 

@@ -8,6 +8,7 @@ request is faulted, the worker only acts on it.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Literal
@@ -36,6 +37,8 @@ class Request:
     size: tuple[int, int]
     palette: list[int] | None
     fault: str | None = None  # a fault_injection kind the worker must act out instead of running the model
+    # Further images of the request (a chat about several pages): (mode, size, palette), pixels follow the first's.
+    extra: tuple[tuple[str, tuple[int, int], list[int] | None], ...] = ()
 
 
 @dataclass
@@ -91,15 +94,27 @@ def classify(exc: BaseException) -> tuple[ReplyKind, int | None]:
     return "error", code
 
 
-def send_image(conn: Connection, request_fields: dict, image: Image.Image) -> None:
-    """Header, then the raw pixels: copied once on each side, never pickled."""
-    palette = image.getpalette() if image.mode in ("P", "PA") else None
-    conn.send(Request(**request_fields, mode=image.mode, size=image.size, palette=palette))
-    conn.send_bytes(image.tobytes())
+def _palette(image: Image.Image) -> list[int] | None:
+    return image.getpalette() if image.mode in ("P", "PA") else None
 
 
-def image_from(request: Request, data: bytes) -> Image.Image:
-    image = Image.frombytes(request.mode, request.size, data)
-    if request.palette is not None:
-        image.putpalette(request.palette)
+def send_images(conn: Connection, request_fields: dict, images: Sequence[Image.Image]) -> None:
+    """Header, then each image's raw pixels: copied once on each side, never pickled."""
+    first, *rest = images
+    extra = tuple((image.mode, image.size, _palette(image)) for image in rest)
+    conn.send(Request(**request_fields, mode=first.mode, size=first.size, palette=_palette(first), extra=extra))
+    for image in images:
+        conn.send_bytes(image.tobytes())
+
+
+def _image(mode: str, size: tuple[int, int], palette: list[int] | None, data: bytes) -> Image.Image:
+    image = Image.frombytes(mode, size, data)
+    if palette is not None:
+        image.putpalette(palette)
     return image
+
+
+def receive_images(conn: Connection, request: Request) -> list[Image.Image]:
+    """The request's images, in the order send_images sent them."""
+    headers = [(request.mode, request.size, request.palette), *request.extra]
+    return [_image(*header, conn.recv_bytes()) for header in headers]

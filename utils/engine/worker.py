@@ -16,16 +16,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from PIL import Image
 
-from models.contract import RunOptions, TokenCallback
+from models.contract import CHAT, RunOptions, TokenCallback
 from utils.config import ROOT, Settings
 from utils.engine import fault_injection
 from utils.engine.pool import AdapterPool
-from utils.engine.protocol import EXIT_AFTER_REPLY, Reply, Request, Token, classify, image_from, send_image
+from utils.engine.protocol import EXIT_AFTER_REPLY, Reply, Request, Token, classify, receive_images, send_images
 from utils.messages import one_line
 
 FATAL_EXIT_CODE = 70
@@ -60,11 +61,14 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(0)
 
 
-def _answer(pool: AdapterPool, request: Request, image: Image.Image, on_token: TokenCallback | None) -> Reply:
+def _answer(pool: AdapterPool, request: Request, images: list[Image.Image], on_token: TokenCallback | None) -> Reply:
     try:
         if request.fault is not None:
             fault_injection.act_out(request.fault)
-        result = pool.run(request.model, image, request.task, request.options, on_token)
+        if request.task == CHAT:
+            result = pool.chat(request.model, images, request.options, on_token)
+        else:
+            result = pool.run(request.model, images[0], request.task, request.options, on_token)
         return Reply("ok", result=result, resident=tuple(pool.resident))
     except Exception as exc:
         kind, code = classify(exc)
@@ -82,12 +86,12 @@ def _serve(conn: Connection, pool: AdapterPool) -> None:
             request = conn.recv()
             if request is None:
                 return
-            image = image_from(request, conn.recv_bytes())
+            images = receive_images(conn, request)
         except (EOFError, OSError):  # the parent is gone
             return
         on_token = (lambda text: conn.send(Token(text))) if request.stream else None
-        reply = _answer(pool, request, image, on_token)
-        del image  # a large page should not stay alive while the worker waits for the next one
+        reply = _answer(pool, request, images, on_token)
+        del images  # a large page should not stay alive while the worker waits for the next one
         try:
             conn.send(reply)
         except OSError:
@@ -178,13 +182,14 @@ class WorkerProcess:
     def exitcode(self) -> int | None:
         return self._process.poll()
 
-    def request(self, model: str, image: Image.Image, task: str, options: RunOptions,
+    def request(self, model: str, images: Sequence[Image.Image], task: str, options: RunOptions,
                 on_token: TokenCallback | None, timeout: float, fault: str | None = None) -> Outcome:
-        """`fault`: a fault_injection kind the worker acts out instead of running the model."""
+        """`images`: the page, or a chat's pages. `fault`: a fault_injection kind the worker acts out
+        instead of running the model."""
         fields = dict(model=model, task=task, options=options, stream=on_token is not None, fault=fault)
         outcome = Outcome("hang")  # until a message says otherwise
         try:
-            send_image(self._conn, fields, image)
+            send_images(self._conn, fields, images)
             await_reply(self._conn, timeout, on_token, outcome)
         except OSError:  # died while idle
             outcome.kind = "died"
