@@ -114,7 +114,8 @@ def cmd_ocr(args: argparse.Namespace) -> int:
                     print(f"{name}: page {index + 1}/{count} with {args.model}…", file=sys.stderr)
 
                 for outcome in run_pages(loader, document, selection.indices, args.model, args.task,
-                                         on_page=started, warnings=selection.warnings):
+                                         RunOptions(languages=args.languages), on_page=started,
+                                         warnings=selection.warnings):
                     entry["pages"].append(_outcome_json(outcome))
                     if outcome.result is not None:
                         results.append(outcome.result)
@@ -516,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pdf: a searchable PDF per document (needs --out)")
     ocr.add_argument("--out", help="write one file per document into this folder")
     ocr.add_argument("--model-path", help="load the model from this local snapshot folder")
+    ocr.add_argument("--languages", help='Tesseract languages for these documents, e.g. "eng" or "rus+eng" '
+                                         "(default: chosen per page)")
     add_backend_arguments(ocr)
     ocr.set_defaults(func=cmd_ocr)
 
