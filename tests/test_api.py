@@ -313,3 +313,28 @@ def test_a_job_cut_short_by_a_shutdown_is_resumed(openai_double, tmp_path):
     assert (job["status"], job["done"]) == ("done", 6)
     assert [p["page"] for p in results] == [1, 2, 3, 4, 5, 6]
     assert store.count() == 6  # none stored twice
+
+
+def test_extract_returns_the_fields_of_an_invoice(client):
+    import random
+
+    from benchmarks.invoices import make_invoice
+
+    image, truth = make_invoice(random.Random(2), language="en", layout="lines", degrade=False)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    answer = client.post("/v1/extract", data={"template": "invoice", "model": "tesseract"},
+                         files={"file": ("invoice.png", buffer.getvalue(), "image/png")})
+    assert answer.status_code == 200, answer.text
+    fields = answer.json()["fields"]
+    assert (fields["number"], fields["date"], fields["total"]) == (truth.number, truth.date, truth.total)
+
+
+@pytest.mark.parametrize("form,expected", [
+    ({"template": "bill", "model": "tesseract"}, "template: unknown template 'bill'"),
+    ({"template": "../../etc/passwd", "model": "tesseract"}, "template: give a template name"),
+    ({"template": "invoice", "model": "ghost"}, "unknown model 'ghost'"),
+])
+def test_extract_bad_input_is_4xx_and_one_line(client, scan_png, form, expected):
+    answer = client.post("/v1/extract", data=form, files={"file": ("scan.png", scan_png, "image/png")})
+    assert answer.status_code == 400 and expected in one_line_detail(answer)

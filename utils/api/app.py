@@ -227,6 +227,44 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
         events = [e.model_dump(mode="json") for e in loader.recovery_events() if e.time >= since]
         return {"documents": [{"file": document.name, "error": None, "pages": found}], "recovery_events": events}
 
+    @app.post("/v1/extract", responses=ERRORS, dependencies=secured, tags=["extract"])
+    def extract(loader: LoaderDep,
+                file: Annotated[UploadFile, File(description="an image or a PDF")],
+                template: Annotated[str, Form(description="invoice, receipt, passport, driver_licence, ...")],
+                model: Annotated[str | None, Form(description="a name from /v1/models")] = None,
+                pages: Annotated[str | None, Form(description='pages like "1-3"; default: all')] = None) -> dict:
+        """A template's fields from one document: the same object as one document of `cli.py extract
+        --format json` (`fields`, `sources`, `problems`, `error`)."""
+        from utils.extraction.extract import extract_document
+        from utils.extraction.templates import TemplateError, resolve_template
+
+        model = model or loader.default_model()
+        if model is None:
+            raise HTTPException(503, "no model is available; GET /v1/models says why")
+        if model not in loader.settings.models:
+            raise HTTPException(400, f"unknown model '{model}'; known: {', '.join(loader.settings.models)}")
+        if "/" in template or template.endswith((".yaml", ".yml")):
+            raise HTTPException(400, "template: give a template name, not a file")
+        try:
+            chosen = resolve_template(template, known_models=loader.settings.models)
+        except TemplateError as exc:
+            raise HTTPException(400, f"template: {one_line(exc)}") from None
+        name = file.filename or "upload"
+        data = file.file.read()
+        try:
+            document = open_document(name, data, loader.settings.documents)
+            selection = document.select(pages)
+        except DocumentError as exc:
+            status = 413 if len(data) > limit_mb * MB else 400
+            raise HTTPException(status, one_line(exc)) from None
+        try:
+            extraction = extract_document(loader, document, chosen, model, selection.indices)
+        except ModelUnavailable as exc:
+            raise HTTPException(503, one_line(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(400, one_line(exc)) from None
+        return extraction.to_json()
+
     app.include_router(jobs.router(secured))
     return app
 
