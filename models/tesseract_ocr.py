@@ -204,16 +204,23 @@ class TesseractAdapter(ModelAdapter):
                 return [], []
             lines: list[Line] = []
             block = -1
+            line_starts = paragraph_starts = False
             for item in tesserocr.iterate_level(iterator, ril.WORD):
                 if item.IsAtBeginningOf(ril.BLOCK):
                     block += 1
-                if item.IsAtBeginningOf(ril.TEXTLINE) or not lines:
-                    lines.append(Line(words=[], size=item.RowAttributes()["row_height"], block=block,
-                                      new_paragraph=item.IsAtBeginningOf(ril.PARA),
-                                      score=round(item.Confidence(ril.TEXTLINE) / 100.0, 4)))
+                line_starts |= item.IsAtBeginningOf(ril.TEXTLINE)
+                paragraph_starts |= item.IsAtBeginningOf(ril.PARA)
+                # An empty word (a blank page, a blot) is skipped before anything else is asked of it:
+                # RowAttributes() on one crashes the process.
                 text = "" if item.Empty(ril.WORD) else item.GetUTF8Text(ril.WORD).strip()
-                if text:  # Tesseract gives blots a word of spaces
-                    lines[-1].words.append(Word(text=text, bbox=item.BoundingBox(ril.WORD)))
+                if not text:
+                    continue
+                if line_starts or not lines:
+                    lines.append(Line(words=[], size=item.RowAttributes()["row_height"], block=block,
+                                      new_paragraph=paragraph_starts,
+                                      score=round(item.Confidence(ril.TEXTLINE) / 100.0, 4)))
+                    line_starts = paragraph_starts = False
+                lines[-1].words.append(Word(text=text, bbox=item.BoundingBox(ril.WORD)))
             regions = self._regions(api) if with_regions else []
         finally:
             api.Clear()
