@@ -21,6 +21,7 @@ from pages.ui.common import (
     page_image,
     require_app_shell,
 )
+from pages.ui.stored import keep
 from utils.documents.reader import Document, DocumentError
 from utils.engine.loader import ModelUnavailable
 from utils.engine.runner import PageOutcome, result_key, run_pages
@@ -57,6 +58,7 @@ def _run_jobs(document: Document, jobs: dict[str, list[int]], task: str, options
             try:
                 for outcome in run_pages(loader, document, pages, model, task, options, on_page=started,
                                          on_token=view):
+                    keep(outcome, document, options)  # in the results store before it is shown
                     store[outcome.key] = outcome
                     counts["done"] += 1
                     view.placeholder.empty()

@@ -17,6 +17,7 @@ from pages.ui.common import (
     page_image,
     require_app_shell,
 )
+from pages.ui.stored import keep
 from utils.documents.export import FORMATS, document_text, document_zip, page_filename, page_text
 from utils.documents.reader import Document, DocumentError, PageSelection
 from utils.engine.loader import ModelUnavailable
@@ -53,6 +54,7 @@ def _run(document: Document, selection: PageSelection, model: str, task: str, op
     try:
         for outcome in run_pages(get_loader(), document, selection.indices, model, task, options,
                                  on_page=started, on_token=view, warnings=selection.warnings):
+            keep(outcome, document, options)  # in the results store before it is shown
             store[outcome.key] = outcome  # a failed page keeps its error; the other pages still run
     except ModelUnavailable as exc:
         st.error(f"{document.name}: {one_line(exc)}")

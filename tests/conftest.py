@@ -190,3 +190,16 @@ def app_test(monkeypatch):
         return at
 
     return start
+
+
+@pytest.fixture(scope="session", autouse=True)
+def results_store_outside_the_checkout(tmp_path_factory):
+    """Pages, servers and CLI runs started by tests keep their results in a throwaway store, never in
+    the checkout's data/; a test that needs its own store sets OCR_STORE_DB itself."""
+    previous = os.environ.get("OCR_STORE_DB")
+    os.environ["OCR_STORE_DB"] = str(tmp_path_factory.mktemp("store") / "results.db")
+    yield
+    if previous is None:
+        os.environ.pop("OCR_STORE_DB", None)
+    else:
+        os.environ["OCR_STORE_DB"] = previous

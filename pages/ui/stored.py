@@ -2,13 +2,18 @@
 shows it (metrics, warnings, the page with its boxes, text / markdown / JSON), for History and Batch."""
 from __future__ import annotations
 
+import sqlite3
+
 import streamlit as st
 from PIL import Image
 
-from models.contract import PageResult
+from models.contract import PageResult, RunOptions
 from pages.ui.common import draw_boxes
 from utils.config import cached_settings
-from utils.store import Store, StoredResult, store_path
+from utils.documents.reader import Document
+from utils.engine.runner import PageOutcome
+from utils.messages import one_line
+from utils.store import SchemaError, Store, StoredResult, store_path
 
 
 @st.cache_resource(show_spinner=False)
@@ -19,6 +24,17 @@ def _store(path: str) -> Store:  # keyed by the path: a test pointing OCR_STORE_
 def get_store() -> Store:
     """One Store per database path (OCR_STORE_DB or store.path), shared by every session of the server."""
     return _store(str(store_path(cached_settings())))
+
+
+def keep(outcome: PageOutcome, document: Document, options: RunOptions) -> None:
+    """Write a page's result to the store before it is shown. A store that cannot be written (a full
+    disk, a locked file) is a warning: the result is still shown and the run goes on."""
+    if outcome.result is None:
+        return
+    try:
+        get_store().save(outcome.key, outcome.result, document, options=options)
+    except (sqlite3.Error, OSError, SchemaError) as exc:
+        st.warning(f"{document.name}, page {outcome.page + 1}: not saved to History ({one_line(exc)})")
 
 
 @st.cache_data(max_entries=32, show_spinner="Rendering page…")
