@@ -34,6 +34,7 @@ def sidebar() -> None:
         availability = by_name[name].availability
         if availability.available:
             st.caption(f"Ready · {availability.reason}")
+            health_caption(name)
         else:
             st.error(f"{availability.status}: {availability.reason}")
             if availability.fix:
@@ -43,16 +44,30 @@ def sidebar() -> None:
             for status in catalog:
                 st.markdown(f"`{status.name}` {model_label(status)}")
         guard_status()
-        gpu_monitor()
 
 
 def guard_status() -> None:
     loader = get_loader()
-    st.caption(f"Profile: **{loader.profile_name}**")
+    if loader.checking_gpu:
+        await_preflight()
+        return
+    info = loader.system_info()
+    st.caption(f"Profile: **{info.profile}**" + (" · fallback after a GPU fault" if info.fell_back else ""))
     events = loader.recovery_events()
     if events:
         last = events[-1]
         st.warning(f"{len(events)} recovery event(s); last: {last.kind} → {last.action}", icon=":material/warning:")
+    if info.preflight is not None and info.preflight.gpu_present:
+        gpu_monitor()
+
+
+@st.fragment(run_every=1)
+def await_preflight() -> None:
+    """The GPU check runs in the background; the app is drawn again once it is done."""
+    if get_loader().checking_gpu:
+        st.caption(f"Profile: **{CHECKING}**")
+    else:
+        st.rerun()
 
 
 @st.fragment(run_every=5)
@@ -70,9 +85,11 @@ def gpu_monitor() -> None:
 enter_shell()
 navigation = st.navigation([
     st.Page("pages/ocr.py", title="OCR", icon=":material/description:", url_path="ocr", default=True),
+    st.Page("pages/chat.py", title="Chat", icon=":material/chat:", url_path="chat"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page("pages/batch.py", title="Batch", icon=":material/stacks:", url_path="batch"),
     st.Page("pages/history.py", title="History", icon=":material/history:", url_path="history"),
+    st.Page("pages/extract.py", title="Extract", icon=":material/table_view:", url_path="extract"),
     st.Page("pages/system.py", title="System", icon=":material/monitor_heart:", url_path="system"),
 ])
 return_to = st.session_state.pop("return_to", None)
@@ -82,8 +99,10 @@ navigation.run()
 
 from pages.ui.common import default_model, get_loader, model_catalog, model_label, startup_notes  # noqa: E402
 from pages.ui.model_setup import weights_controls  # noqa: E402
+from pages.ui.servers import health_caption  # noqa: E402
 from utils.config import ConfigError  # noqa: E402
 from utils.engine import gpu  # noqa: E402
+from utils.engine.loader import CHECKING  # noqa: E402
 
 try:
     sidebar()

@@ -3,11 +3,16 @@
   python cli.py models
   python cli.py ocr FILE... --model NAME [--task text|markdown|layout] [--pages 1-3]
                            [--format json|txt|md] [--out DIR] [--model-path DIR]
+                           [--backend local|openai] [--base-url URL] [--concurrency N]
   python cli.py eval DIR [--models a,b] [--task text] [--json]
   python cli.py bench DIR [--models a,b] [--out bench_out] [--limit N]
+  python cli.py serve [--host 127.0.0.1] [--port 8000]
   python cli.py reparse --model NAME --task TASK --raw FILE --page-size W H [--format json|txt|md]
   python cli.py batch INPUT... --model NAME[,NAME] --out DIR [--task T] [--workers N] [--db PATH]
+                     [--backend local|openai] [--base-url URL] [--concurrency N]
+  python cli.py chat FILE --model NAME [--pages 1-3] -q QUESTION [-q FOLLOW-UP ...] [--model-path DIR] [--db PATH]
   python cli.py history [--json] [--document D] [--model M] [--task T] [--search TEXT] [--db PATH]
+  python cli.py extract FILE... --template NAME|FILE.yaml [--model NAME] [--pages 1-3] [--format json|csv]
 """
 from __future__ import annotations
 
@@ -17,18 +22,13 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from models.contract import TASKS, PageResult, RunOptions
-from utils.config import ConfigError, Settings, cached_settings
-from utils.documents.export import document_text
+from models.contract import TASKS, RunOptions
+from utils.config import ConfigError, Settings, cached_settings, with_backend
+from utils.documents.export import document_text, failed_page_json, page_json
 from utils.documents.reader import DocumentError, open_document, open_path
 from utils.engine.loader import Loader
 from utils.engine.runner import PageOutcome, run_pages
 from utils.messages import one_line
-
-# Fields of each page in `ocr --format json`, in this order; a page that failed has only page, model,
-# task and error set (the others null), and the document's other pages still have their results.
-PAGE_FIELDS = ("page", "model", "task", "text", "markdown", "blocks", "raw", "device", "dtype", "profile",
-               "seconds", "load_seconds", "tokens", "truncated", "warnings", "error")
 
 
 class UsageError(Exception):
@@ -45,6 +45,21 @@ def settings_with_model_path(settings: Settings, model: str, model_path: str | N
     settings = settings.model_copy(deep=True)
     settings.models[model].local_path = str(Path(model_path).resolve())
     return settings
+
+
+def settings_with_backend(settings: Settings, args: argparse.Namespace, model: str) -> Settings:
+    """--backend / --base-url / --concurrency: run `model` on another backend than config.yaml says."""
+    backend, base_url, concurrency = args.backend, args.base_url, args.concurrency
+    if backend is None and base_url is None and concurrency is None:
+        return settings
+    if (backend or settings.models[model].backend) != "openai":
+        raise UsageError("--base-url and --concurrency need --backend openai")
+    if concurrency is not None and concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    try:
+        return with_backend(settings, model, backend, base_url, concurrency)
+    except ConfigError as exc:
+        raise UsageError(str(exc).removeprefix("command line: ")) from None
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -65,22 +80,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _page_json(result: PageResult) -> dict:
-    data = result.model_dump(mode="json")
-    data["page"] = (result.page or 0) + 1
-    return {key: data.get(key) for key in PAGE_FIELDS}
-
-
 def _outcome_json(outcome: PageOutcome) -> dict:
     """A page of a run: its result's fields, or only page, model, task and the page's error."""
     if outcome.result is not None:
-        return _page_json(outcome.result)
-    return {key: None for key in PAGE_FIELDS} | {"page": outcome.page + 1, "model": outcome.key.model,
-                                                 "task": outcome.key.task, "error": outcome.error}
+        return page_json(outcome.result)
+    return failed_page_json(outcome.page, outcome.key.model, outcome.key.task, outcome.error)
 
 
 def cmd_ocr(args: argparse.Namespace) -> int:
     settings = settings_with_model_path(cached_settings(), args.model, args.model_path)
+    settings = settings_with_backend(settings, args, args.model)
     if args.task not in settings.models[args.model].tasks:
         raise UsageError(f"{args.model} does not do '{args.task}'; it supports: "
                          f"{', '.join(settings.models[args.model].tasks)}")
@@ -105,7 +114,8 @@ def cmd_ocr(args: argparse.Namespace) -> int:
                     print(f"{name}: page {index + 1}/{count} with {args.model}…", file=sys.stderr)
 
                 for outcome in run_pages(loader, document, selection.indices, args.model, args.task,
-                                         on_page=started, warnings=selection.warnings):
+                                         RunOptions(languages=args.languages), on_page=started,
+                                         warnings=selection.warnings):
                     entry["pages"].append(_outcome_json(outcome))
                     if outcome.result is not None:
                         results.append(outcome.result)
@@ -231,7 +241,7 @@ def cmd_reparse(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a page the model could not take (aspect ratio)
         raise UsageError(one_line(exc)) from None
     if args.format == "json":
-        json.dump({**_page_json(result), "input_size": list(input_size)}, sys.stdout, ensure_ascii=False, indent=2)
+        json.dump({**page_json(result), "input_size": list(input_size)}, sys.stdout, ensure_ascii=False, indent=2)
         print()
     else:
         print(document_text([result], args.format))
@@ -263,6 +273,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
     for model in models:
         if model not in settings.models:
             raise UsageError(f"unknown model '{model}'; known: {', '.join(settings.models)}")
+    if len(models) == 1:
+        settings = settings_with_backend(settings, args, models[0])
+    elif args.backend or args.base_url or args.concurrency:
+        raise UsageError("--backend, --base-url and --concurrency apply to one model at a time")
+    for model in models:
         if args.task not in settings.models[model].tasks:
             raise UsageError(f"{model} does not do '{args.task}'; it supports: "
                              f"{', '.join(settings.models[model].tasks)}")
@@ -390,6 +405,102 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from utils.api.serve import ServeError, serve
+
+    try:
+        return serve(args.host, args.port, cached_settings())
+    except ServeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=("local", "openai"),
+                        help="run the model here (local) or on an OpenAI-compatible server such as vLLM (openai)")
+    parser.add_argument("--base-url", help="the server's /v1 URL, e.g. http://gpu1:8000/v1 (comma-separated: replicas)")
+    parser.add_argument("--concurrency", type=int, help="requests in flight to the server at once")
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """A template's fields from each document: JSON (one object per document) or CSV (one row each)."""
+    from utils.documents.reader import parse_page_selection
+    from utils.extraction.extract import extract_document
+    from utils.extraction.result import Extraction, to_csv
+    from utils.extraction.templates import TemplateError, resolve_template
+
+    settings = settings_with_model_path(cached_settings(), args.model, args.model_path)
+    try:
+        template = resolve_template(args.template, known_models=settings.models)
+    except TemplateError as exc:
+        raise UsageError(f"template: {exc}") from None
+    loader = Loader(settings)
+    extractions = []
+    try:
+        for file in args.files:
+            name = Path(file).name
+            try:
+                document = open_path(file, settings.documents)
+                pages = parse_page_selection(args.pages, document.page_count)
+
+                def progress(done: int, total: int, index: int, name: str = name) -> None:
+                    print(f"{name}: page {index + 1} ({done + 1} of {total}) with {args.model}…", file=sys.stderr)
+
+                extraction = extract_document(loader, document, template, args.model, pages, on_page=progress)
+            except (DocumentError, ValueError) as exc:
+                extraction = Extraction(file=name, template=template.name, model=args.model, fields={},
+                                        error=one_line(exc))
+            except Exception as exc:  # every failure is reported per document; the others still run
+                extraction = Extraction(file=name, template=template.name, model=args.model, fields={},
+                                        error=f"{name}: {one_line(exc)}")
+            extractions.append(extraction)
+            for line in ([extraction.error] if extraction.error else extraction.problems):
+                print(f"{name}: {line}" if not line.startswith(name) else line, file=sys.stderr)
+    finally:
+        loader.close()
+    if args.format == "csv":
+        sys.stdout.write(to_csv(template, extractions))
+    else:
+        json.dump({"template": template.name, "model": args.model,
+                   "documents": [e.to_json() for e in extractions]}, sys.stdout, ensure_ascii=False, indent=2)
+        print()
+    return 1 if any(e.error or e.problems for e in extractions) else 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """One conversation about a document: each -q is a turn, its answer printed as it streams."""
+    from utils.chat import CannotChat, ask, seen_line, start_chat
+
+    settings = settings_with_model_path(cached_settings(), args.model, args.model_path)
+    if any(not q.strip() for q in args.question):
+        raise UsageError("-q: a question cannot be empty")
+    try:
+        document = open_path(args.file, settings.documents)
+        selection = document.select(args.pages)
+    except DocumentError as exc:
+        raise UsageError(one_line(exc)) from None
+    store = _open_store(settings, args.db)
+    loader = Loader(settings)
+    try:
+        try:
+            chat, notes = start_chat(loader, document, selection.indices, args.model, store)
+        except CannotChat as exc:
+            raise UsageError(str(exc)) from None
+        for note in [*selection.warnings, *notes, seen_line(chat)]:
+            print(note, file=sys.stderr)
+        for question in args.question:
+            print(f"> {question}", flush=True)
+            try:
+                ask(loader, document, chat, question, lambda piece: print(piece, end="", flush=True), store)
+            except Exception as exc:  # the model failed on this turn: one line, and the turns so far are kept
+                print(f"\ncli.py: error: {args.model}: {one_line(exc)}", file=sys.stderr)
+                return 1
+            print(flush=True)
+        print(f"chat {chat.id} kept in {store.path}", file=sys.stderr)
+    finally:
+        loader.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Document OCR with classic engines and VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -406,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pdf: a searchable PDF per document (needs --out)")
     ocr.add_argument("--out", help="write one file per document into this folder")
     ocr.add_argument("--model-path", help="load the model from this local snapshot folder")
+    ocr.add_argument("--languages", help='Tesseract languages for these documents, e.g. "eng" or "rus+eng" '
+                                         "(default: chosen per page)")
+    add_backend_arguments(ocr)
     ocr.set_defaults(func=cmd_ocr)
 
     evaluate = sub.add_parser("eval", help="accuracy against ground truth: DIR holds documents and same-stem .txt "
@@ -447,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "cores); a model with weights always uses one")
     batch.add_argument("--db", help="results database (default: store.path in config.yaml)")
     batch.add_argument("--new-job", action="store_true", help="start afresh even if the same job exists")
+    add_backend_arguments(batch)
     batch.set_defaults(func=cmd_batch)
 
     history = sub.add_parser("history", help="stored results, newest first")
@@ -458,6 +573,30 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     history.add_argument("--db", help="results database (default: store.path in config.yaml)")
     history.set_defaults(func=cmd_history)
+
+    serve = sub.add_parser("serve", help="the HTTP API (OpenAPI docs at /docs); off 127.0.0.1 it needs OCR_API_KEY")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.set_defaults(func=cmd_serve)
+
+    extract = sub.add_parser("extract", help="fields of a document template (invoice, receipt, passport, ...) as data")
+    extract.add_argument("files", nargs="+", metavar="FILE")
+    extract.add_argument("--template", required=True,
+                         help="template name (invoice, receipt, passport, driver_licence) or a template .yaml file")
+    extract.add_argument("--model", help="model name (default: the first available of config default_models)")
+    extract.add_argument("--pages", help='pages to read, like "1-3,7" (default: all)')
+    extract.add_argument("--format", default="json", choices=("json", "csv"))
+    extract.add_argument("--model-path", help="load the model from this local snapshot folder")
+    extract.set_defaults(func=cmd_extract)
+    chat = sub.add_parser("chat", help="ask a VLM questions about a document (one conversation)")
+    chat.add_argument("file", metavar="FILE")
+    chat.add_argument("--model", required=True, help="a model that can chat (see `cli.py models`)")
+    chat.add_argument("--pages", help='pages to talk about, like "1-3" (default: all)')
+    chat.add_argument("-q", "--question", action="append", required=True,
+                      help="a question; repeat for follow-ups in the same conversation")
+    chat.add_argument("--model-path", help="load the model from this local snapshot folder")
+    chat.add_argument("--db", help="results store file (default: store.path from config)")
+    chat.set_defaults(func=cmd_chat)
     return parser
 
 

@@ -31,7 +31,8 @@ from utils.engine.runner import run_pages  # noqa: E402
 from utils.messages import one_line  # noqa: E402
 from utils.quality import metrics  # noqa: E402
 from utils.quality.benchmark import MemorySampler, gpu_memory_reader  # noqa: E402
-from utils.quality.evaluation import find_items, read_truth  # noqa: E402
+from utils.quality.evaluation import find_items  # noqa: E402
+from utils.quality.scoring import reference_parts  # noqa: E402
 
 VLMS = ("qwen_vl_2b", "qwen3_vl_2b", "dots_ocr")
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "images"
@@ -73,7 +74,7 @@ def measure(loader: Loader, model: str, data: Path, limit: int, task: str = "tex
                 continue
             try:
                 document = open_path(item.document, loader.settings.documents)
-                truths = read_truth(item.truth)
+                truths = reference_parts(item.truth.read_text(encoding="utf-8"))
             except (DocumentError, OSError, UnicodeDecodeError) as exc:
                 row.errors.append(f"{item.document.name}: {one_line(exc)}")
                 continue
@@ -141,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
         loader = Loader(with_fault_models(settings, Path(work) / "device_assert_taken"))
         try:
+            loader.wait_for_preflight()  # it runs in the background from the loader's start
             info = loader.system_info()
-            if not info.preflight.cuda_usable:
-                print(f"no usable CUDA GPU here ({info.preflight.reason}): nothing to check")
+            if info.preflight is None or not info.preflight.cuda_usable:
+                reason = info.preflight.reason if info.preflight else "no preflight result"
+                print(f"no usable CUDA GPU here ({reason}): nothing to check")
                 return 0
             if not args.data.is_dir():
                 parser.error(f"--data {args.data}: not a directory")

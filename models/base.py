@@ -1,6 +1,7 @@
 """What every adapter provides. Adapters know their model and nothing of processes or UI."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from PIL import Image
@@ -22,6 +23,9 @@ class ModelAdapter(Generic[OptionsT]):
 
     Options: ClassVar[type[BaseModel]] = NoOptions
     supported_tasks: ClassVar[tuple[str, ...]] = ("text",)
+    # A classic engine that never uses a GPU and loads in a moment: it runs in a worker of its own,
+    # kept resident, so it never waits behind a GPU model.
+    cpu_engine: ClassVar[bool] = False
 
     def __init__(self, name: str, spec: ModelSpec, profile: Profile):
         self.name = name
@@ -30,6 +34,12 @@ class ModelAdapter(Generic[OptionsT]):
         self.options: OptionsT = self.Options.model_validate(spec.options)  # type: ignore[assignment]
         self.device = "cpu"
         self.dtype: str | None = None
+
+    @classmethod
+    def served(cls) -> type[ModelAdapter] | None:
+        """The variant of this adapter that runs the model on an OpenAI-compatible server
+        (`backend: openai`), or None when the model can only run in-process."""
+        return None
 
     @classmethod
     def availability(cls, spec: ModelSpec) -> Availability:
@@ -42,6 +52,11 @@ class ModelAdapter(Generic[OptionsT]):
     def run(self, image: Image.Image, task: str, options: RunOptions,
             on_token: TokenCallback | None = None) -> PageResult:
         raise NotImplementedError
+
+    def chat(self, images: Sequence[Image.Image], options: RunOptions,
+             on_token: TokenCallback | None = None) -> PageResult:
+        """Answer options.prompt about the images after options.history (task "chat"); VLMs only."""
+        raise ValueError(f"{self.name} cannot chat: it only recognises text")
 
     def close(self) -> None:
         """Release what load() took; the adapter is not used again afterwards."""

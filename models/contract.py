@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-TASKS = ("text", "markdown", "layout", "prompt")
+TASKS = ("text", "markdown", "layout", "prompt")  # what a page can be recognised as
+CHAT = "chat"  # a conversation about one or more page images; not a page result
+ALL_TASKS = (*TASKS, CHAT)
+ROLES = ("user", "assistant")
 
 TokenCallback = Callable[[str], None]
 
@@ -21,11 +24,27 @@ class RunOptions(BaseModel):
     prompt: str | None = None
     max_pixels: int | None = None
     max_new_tokens: int | None = None
+    languages: str | None = None  # an OCR engine's languages for this document, e.g. "rus+eng" (Tesseract)
+    # Task "chat": the earlier turns as (role, text), oldest first (prompt is the new question), and the
+    # recognised text of pages that were not sent as images.
+    history: tuple[tuple[str, str], ...] = ()
+    context: str | None = None
+
+    @field_validator("history")
+    @classmethod
+    def _roles(cls, history: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        bad = sorted({role for role, _ in history if role not in ROLES})
+        if bad:
+            raise ValueError(f"history roles must be {' or '.join(ROLES)}, got {bad}")
+        return history
 
     def output_key(self, task: str) -> str | None:
-        """What in these options changes the output: the free prompt. Budgets lowered for a retry
-        are the same request."""
-        return self.prompt if task == "prompt" else None
+        """What in these options changes the output: the free prompt, the OCR languages chosen for the
+        document. Budgets lowered for a retry are the same request."""
+        parts = [self.prompt] if task == "prompt" and self.prompt is not None else []
+        if self.languages:
+            parts.append(f"languages={self.languages}")
+        return "\n".join(parts) if parts else None
 
 
 class Availability(BaseModel):
@@ -49,6 +68,8 @@ class PageResult(BaseModel):
     markdown: str = ""
     blocks: list[Block] = Field(default_factory=list)
     raw: str = ""  # the model's own output before parsing (VLMs), for re-parsing without a rerun
+    prompt: str = ""  # task "chat": the conversation as the model got it (chat template applied)
+    images: list[tuple[int, int]] = Field(default_factory=list)  # task "chat": each image's size as the model saw it
     model: str
     task: str
     device: str = "cpu"

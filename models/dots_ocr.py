@@ -266,6 +266,9 @@ class DotsOCRAdapter(VLMAdapter[DotsOCROptions]):
         max_pixels = max(run.max_pixels or self.options.max_pixels, 4 * UNIT * UNIT)
         return fit_to_budget(*page_size, UNIT, min(self.options.min_pixels, max_pixels), max_pixels)
 
+    def pixel_range(self) -> tuple[int, int]:
+        return self.options.min_pixels, self.options.max_pixels
+
     def task_prompt(self, task: str) -> str:
         mode = self.options.layout_prompt if task == "layout" else TASK_MODES[task]
         return PROMPT_MODES[mode]
@@ -291,6 +294,11 @@ class DotsOCRAdapter(VLMAdapter[DotsOCROptions]):
                   "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
         device = self._model.device
         return {k: v.to(device) for k, v in inputs.items()}
+
+    def served_messages(self, image_url: str, prompt: str) -> list[dict]:
+        """On a vLLM server the text starts with the image markers, as in dots.ocr's own vLLM client:
+        without them vLLM's chat template puts a line break between image and prompt."""
+        return super().served_messages(image_url, f"<|img|>{IMAGE_TOKEN}<|endofimg|>{prompt}")
 
     def parse(self, raw: str, task: str, input_size: Size, page_size: Size) -> Parsed:
         if task not in ("layout", "markdown"):

@@ -16,14 +16,15 @@ decoded with special tokens kept. Qwen3-VL answers its OCR cookbook's text-spott
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from PIL import Image
 from pydantic import Field, model_validator
 
-from models.contract import RunOptions
-from models.vlm.base import LoadPlan, Parsed, Size, VLMAdapter, fit_to_budget
+from models.contract import CHAT, RunOptions
+from models.vlm.base import VLM_TASKS, LoadPlan, Parsed, Size, VLMAdapter, fit_to_budget
 from models.vlm.generation import VLMOptions
 from models.vlm.layout_parsing import blocks_to_text, parse_qwen_grounding, strip_special_tokens
 
@@ -89,6 +90,7 @@ def pixel_budget(options: QwenVLOptions, run: RunOptions) -> tuple[int, int]:
 
 class QwenVLAdapter(VLMAdapter[QwenVLOptions]):
     Options = QwenVLOptions
+    supported_tasks = (*VLM_TASKS, CHAT)
     packages = ("torch", "transformers", "qwen_vl_utils", "torchvision")
     keep_unquantized = ("visual", "lm_head")
 
@@ -112,21 +114,27 @@ class QwenVLAdapter(VLMAdapter[QwenVLOptions]):
     def input_size(self, page_size: Size, run: RunOptions) -> Size:
         return fit_to_budget(*page_size, self.unit, *pixel_budget(self.options, run))
 
+    def pixel_range(self) -> tuple[int, int]:
+        return pixel_budget(self.options, RunOptions())
+
     def task_prompt(self, task: str) -> str:
         return self.options.prompts.get(task) or PROMPTS[self.options.family][task]
 
     def encode(self, image: Image.Image, prompt: str, input_size: Size) -> dict:
+        return self.encode_chat([image], [input_size], [("user", prompt)])[0]
+
+    def encode_chat(self, images: Sequence[Image.Image], sizes: Sequence[Size],
+                    turns: Sequence[tuple[str, str]]) -> tuple[dict, str]:
         from qwen_vl_utils import process_vision_info
 
-        width, height = input_size
-        messages = [{"role": "user", "content": [
-            {"type": "image", "image": image.convert("RGB"), "resized_width": width, "resized_height": height},
-            {"type": "text", "text": prompt},
-        ]}]
+        pictures = [{"type": "image", "image": image.convert("RGB"), "resized_width": width, "resized_height": height}
+                    for image, (width, height) in zip(images, sizes, strict=True)]
+        messages = [{"role": role, "content": [*(pictures if index == 0 else []), {"type": "text", "text": text}]}
+                    for index, (role, text) in enumerate(turns)]
         text = self._processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        images, _ = process_vision_info(messages, image_patch_size=self.unit // 2)
-        inputs = self._processor(text=[text], images=images, do_resize=False, return_tensors="pt")
-        return inputs.to(self._model.device)
+        vision, _ = process_vision_info(messages, image_patch_size=self.unit // 2)
+        inputs = self._processor(text=[text], images=vision, do_resize=False, return_tensors="pt")
+        return inputs.to(self._model.device), text
 
     def parse(self, raw: str, task: str, input_size: Size, page_size: Size) -> Parsed:
         if task != "layout":

@@ -1,22 +1,32 @@
 """Turn line boxes from a classic engine into text in reading order."""
 from __future__ import annotations
 
+from typing import Protocol, TypeVar
+
 from models.contract import Block
 
 
-def group_rows(blocks: list[Block]) -> list[list[Block]]:
+class Boxed(Protocol):
+    @property
+    def bbox(self) -> tuple[float, float, float, float]: ...
+
+
+BoxedT = TypeVar("BoxedT", bound=Boxed)
+
+
+def group_rows(items: list[BoxedT]) -> list[list[BoxedT]]:
     """Group boxes whose vertical centres fall inside each other's span into rows, top to bottom."""
-    rows: list[list[Block]] = []
-    for block in sorted(blocks, key=lambda b: (b.bbox[1] + b.bbox[3]) / 2):
-        centre = (block.bbox[1] + block.bbox[3]) / 2
+    rows: list[list[BoxedT]] = []
+    for item in sorted(items, key=lambda b: (b.bbox[1] + b.bbox[3]) / 2):
+        centre = (item.bbox[1] + item.bbox[3]) / 2
         if rows:
             last = rows[-1]
             top = min(b.bbox[1] for b in last)
             bottom = max(b.bbox[3] for b in last)
             if top <= centre <= bottom:
-                last.append(block)
+                last.append(item)
                 continue
-        rows.append([block])
+        rows.append([item])
     return [sorted(row, key=lambda b: b.bbox[0]) for row in rows]
 
 

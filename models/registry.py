@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from models.contract import TASKS
+from models.contract import ALL_TASKS
+from models.vlm.server import ServerOptions
 
 if TYPE_CHECKING:
     from models.base import ModelAdapter
@@ -38,13 +39,17 @@ class ModelSpec(BaseModel):
     # (+ load_timeout_s on a cold worker). Fast engines set it low so a hang is caught quickly.
     timeout_s: float | None = Field(None, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
+    # Where the model runs: "local" in the supervised worker process, "openai" on an OpenAI-compatible
+    # server (vLLM, a gateway) described by `server:`, with the same prompts and parsing.
+    backend: Literal["local", "openai"] = "local"
+    server: ServerOptions | None = None
 
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, tasks: list[str]) -> list[str]:
-        bad = [t for t in tasks if t not in TASKS]
+        bad = [t for t in tasks if t not in ALL_TASKS]
         if bad or not tasks:
-            raise ValueError(f"expected a non-empty list of {', '.join(TASKS)}; got {tasks}")
+            raise ValueError(f"expected a non-empty list of {', '.join(ALL_TASKS)}; got {tasks}")
         return tasks
 
 
@@ -53,7 +58,22 @@ class EntryError(ValueError):
 
 
 def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:
-    return importlib.import_module(f"models.{spec.adapter}").ADAPTER
+    cls = importlib.import_module(f"models.{spec.adapter}").ADAPTER
+    if spec.backend == "openai":
+        served = cls.served()
+        if served is None:
+            raise EntryError(f"backend: adapter {spec.adapter} runs in-process only")
+        return served
+    return cls
+
+
+def served_model_name(spec: ModelSpec) -> str:
+    """The name the server knows the model by: `vllm serve <hub id>` serves it under the hub id."""
+    assert spec.server is not None
+    name = spec.server.served_model_name or spec.hub_id
+    if not name:
+        raise EntryError("server.served_model_name: needed when the entry has no hub_id")
+    return name
 
 
 def _error_lines(exc: ValidationError, prefix: str) -> str:
@@ -80,6 +100,13 @@ def check_entry(spec: ModelSpec) -> None:
         spec.options = cls.Options.model_validate(spec.options).model_dump()
     except ValidationError as exc:
         raise EntryError(_error_lines(exc, "options.")) from None
+    if spec.backend == "openai":
+        if spec.server is None:
+            raise EntryError("server: backend openai needs a server block with at least base_url")
+        if cls.served() is None:
+            raise EntryError(f"backend: adapter {spec.adapter} runs in-process only; backend openai "
+                             "serves the vision-language models")
+        served_model_name(spec)
     unsupported = [t for t in spec.tasks if t not in cls.supported_tasks]
     if unsupported:
         raise EntryError(f"tasks: adapter {spec.adapter} supports {list(cls.supported_tasks)}, got {unsupported}")

@@ -121,6 +121,21 @@ def _open_in_workspace(store: Store, stored: StoredResult) -> None:
     st.switch_page("pages/ocr.py")
 
 
+def _chats(store: Store) -> None:
+    """Kept conversations: reopened on the Chat page, where they continue."""
+    chats = store.chats.recent()
+    if not chats:
+        return
+    with st.expander(f"Chats ({len(chats)})", expanded=True):
+        by_id = {c.id: c for c in chats}
+        chosen = st.selectbox("Chat", list(by_id), key="history_chat", format_func=lambda i: (
+            f"{dt.datetime.fromtimestamp(by_id[i].updated_at):%Y-%m-%d %H:%M} · {by_id[i].document_name} · "
+            f"{by_id[i].model} · {len(by_id[i].turns) // 2} turn(s) · {by_id[i].title}"))
+        if st.button("Open in Chat", key="history_chat_open", icon=":material/chat:"):
+            st.session_state["chat_reopen"] = chosen
+            st.switch_page("pages/chat.py")
+
+
 def main() -> None:
     require_app_shell("pages/history.py")
     st.title("History")
@@ -129,6 +144,7 @@ def main() -> None:
     except Exception as exc:  # an unreadable database is a message, not a traceback
         st.error(f"The results store cannot be opened: {one_line(exc)}")
         return
+    _chats(store)
     if store.count() == 0:
         st.info("No results stored yet. Pages read on the OCR and Batch pages (and by `cli.py batch`) appear here.")
         return

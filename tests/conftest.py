@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from tests.openai_double import openai_double  # noqa: F401 - the protocol double's fixture, for every test
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FONT_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf")
@@ -189,9 +191,10 @@ def app_test(monkeypatch, tmp_path):
     monkeypatch.setattr(PagesManager, "__init__", init)
 
     def start(timeout: float = 120) -> AppTest:
-        # The app's results store and local settings: the test's own, unless the test set them already.
+        # The app's results store and local settings: the test's own (restoring the last session must not
+        # find another test's), unless the test set them already.
         for variable, name in (("OCR_STORE_DB", "results.db"), ("OCR_LOCAL_SETTINGS", "local_settings.json")):
-            if variable not in os.environ:
+            if os.environ.get(variable) in (None, _SESSION_FILES.get(variable)):
                 monkeypatch.setenv(variable, str(tmp_path / name))
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
         at.run()
@@ -199,3 +202,23 @@ def app_test(monkeypatch, tmp_path):
         return at
 
     return start
+
+
+_SESSION_FILES: dict[str, str] = {}  # the throwaway files below, by environment variable
+
+
+@pytest.fixture(scope="session", autouse=True)
+def results_store_outside_the_checkout(tmp_path_factory):
+    """Pages, servers and CLI runs started by tests keep their results (and local settings) in throwaway
+    files, never in the checkout's data/; a test that needs its own sets OCR_STORE_DB itself."""
+    folder = tmp_path_factory.mktemp("store")
+    previous = {variable: os.environ.get(variable) for variable in ("OCR_STORE_DB", "OCR_LOCAL_SETTINGS")}
+    _SESSION_FILES.update(OCR_STORE_DB=str(folder / "results.db"),
+                          OCR_LOCAL_SETTINGS=str(folder / "local_settings.json"))
+    os.environ.update(_SESSION_FILES)
+    yield
+    for variable, value in previous.items():
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value

@@ -1,5 +1,6 @@
 """The classic engines on real rendered text, through the loader as the app uses them."""
 import pytest
+from PIL import Image
 from rapidfuzz.distance import Levenshtein
 
 from tests.conftest import RU_EN_LINES, render_text_page
@@ -63,3 +64,16 @@ def test_switching_models_frees_the_previous_one(pool, ru_en_page):
 def test_unsupported_task_is_a_clear_error(pool, ru_en_page):
     with pytest.raises(ValueError, match="rapidocr does not do 'markdown'; it supports: text, layout"):
         pool.run("rapidocr", ru_en_page, "markdown")
+
+
+def test_tesseract_reads_a_page_taller_than_its_limit_in_strips(pool):
+    top, bottom = render_text_page(EN_LINES[:2], width=900), render_text_page(RU_EN_LINES[1:3], width=900)
+    tall = Image.new("RGB", (900, 40000), "white")
+    tall.paste(top, (0, 0))
+    tall.paste(bottom, (0, 39000))
+    result = pool.run("tesseract", tall, "text")
+    assert result.warnings == ["the page is 40,000 px tall, over Tesseract's limit of 32,767 px a side: "
+                               "read in 2 overlapping strips"]
+    assert cer(result.text, "\n".join(EN_LINES[:2] + RU_EN_LINES[1:3])) < 0.03, result.text
+    assert len(result.blocks) == 4 and all(39000 < b.bbox[1] < 39200 for b in result.blocks[2:])  # page coordinates
+    assert "Счёт" in result.markdown and result.height == 40000

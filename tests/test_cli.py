@@ -133,3 +133,13 @@ def test_awkward_images_tall_transparent_blank_and_animated(tmp_path):
     assert blank["text"] == "" and blank["warnings"] == ["no text was found on page 1"]
     assert "Animated frame 0" in anim["text"]
     assert anim["warnings"] == ["animated GIF with 3 frames: only the first frame is read"]
+
+
+def test_languages_chosen_for_the_documents(files):
+    done = cli("ocr", str(files / "invoice.png"), "--model", "tesseract", "--languages", "eng", "--format", "json")
+    page = json.loads(done.stdout)["documents"][0]["pages"][0]
+    assert done.returncode == 0 and "Invoice number 4521" in page["text"]
+    assert not any("а" <= ch.lower() <= "я" for ch in page["text"])  # eng alone writes no Cyrillic
+    bad = cli("ocr", str(files / "invoice.png"), "--model", "tesseract", "--languages", "xyz", "--format", "json")
+    error = json.loads(bad.stdout)["documents"][0]["pages"][0]["error"]
+    assert bad.returncode == 1 and "no language data for xyz" in error and "\n" not in error

@@ -19,7 +19,7 @@ def test_shipped_config_and_cpu_profile_validate():
     assert {"tesseract", "rapidocr"} <= set(settings.models)
     assert settings.default_models[0] == "tesseract"
     cpu = cached_settings("cpu_fallback")
-    assert cpu.profile.name == "cpu_fallback" and cpu.profile.device == "cpu" and cpu.profile.dtype == "float32"
+    assert cpu.profile.name == "cpu" and cpu.profile.device == "cpu" and cpu.profile.dtype == "float32"
     assert cpu.models.keys() == settings.models.keys()
 
 

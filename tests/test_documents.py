@@ -346,7 +346,7 @@ def test_run_pages_renders_one_page_at_a_time(monkeypatch):
         def __init__(self):
             self.seen: list[int] = []
 
-        def run(self, model, image, task, options, on_token=None, page=None, source=None):
+        def run(self, model, image, task, options, on_token=None, page=None, source=None, on_wait=None):
             gc.collect()
             self.seen.append(sum(ref() is not None for ref in alive))
             return PageResult(model=model, task=task, text=f"page {page}")

@@ -88,6 +88,29 @@ def test_an_upload_is_hashed_once_not_on_every_rerun(app_test, monkeypatch):
     assert len(hashed) == 1
 
 
+def test_streamed_tokens_redraw_at_most_ten_times_a_second():
+    from pages.ui.common import TokenView
+
+    class Placeholder:
+        def __init__(self):
+            self.drawn: list[str] = []
+
+        def code(self, text, language=None):
+            self.drawn.append(text)
+
+    now = [0.0]
+    placeholder = Placeholder()
+    view = TokenView(placeholder, tail=50, clock=lambda: now[0])
+    for _ in range(1000):  # 1000 tokens over 2 seconds
+        view("tok ")
+        now[0] += 0.002
+    assert 19 <= view.draws <= 21
+    assert placeholder.drawn[0] == "tok " and len(placeholder.drawn[-1]) == 50
+    view.reset()
+    view("new page")
+    assert placeholder.drawn[-1] == "new page"
+
+
 def test_a_bad_page_shows_its_own_error_and_the_other_pages_keep_their_results(app_test):
     at = app_test()
     at.file_uploader[0].upload("cropped.pdf", make_pdf(3, crop_outside=(2,)), "application/pdf").run()
@@ -103,3 +126,16 @@ def test_a_bad_page_shows_its_own_error_and_the_other_pages_keep_their_results(a
     assert "Quarterly report, page 3" in at.text_area[0].value and len(at.error) == 1
     at.number_input[0].set_value(2).run()
     assert len(at.error) == 1 and not at.text_area
+
+
+def test_every_result_is_in_the_store_before_it_is_shown(app_test, ru_en_png, tmp_path, monkeypatch):
+    from utils.config import cached_settings
+    from utils.store import Store
+
+    monkeypatch.setenv("OCR_STORE_DB", str(tmp_path / "results.db"))
+    at = app_test()
+    at.file_uploader[0].upload("invoice.png", ru_en_png, "image/png").run()
+    button(at, "Run").click().run()
+    assert not at.exception and "Invoice number 4521" in at.text_area[0].value
+    stored = Store.from_settings(cached_settings()).results(model="tesseract")
+    assert [(s.document_name, s.key.page, s.key.task) for s in stored] == [("invoice.png", 0, "text")]

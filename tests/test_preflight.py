@@ -1,12 +1,16 @@
 """Preflight probe: starting profile, architecture check, the throwaway CUDA probe and its deadline."""
 from __future__ import annotations
 
+import threading
+import time
+
 import psutil
 import pytest
 
+from tests.conftest import render_text_page
 from utils.config import cached_settings
 from utils.engine import gpu, preflight
-from utils.engine.loader import Loader
+from utils.engine.loader import CHECKING, Loader
 
 GPU = gpu.GpuReading(index=0, name="NVIDIA GeForce RTX 5090", uuid="GPU-1", capability="12.0")
 
@@ -97,11 +101,13 @@ def test_unusable_gpu_starts_on_the_cpu_profile_with_an_event(monkeypatch):
     monkeypatch.setattr(preflight, "run", unusable_gpu)
     loader = Loader(settings_with("auto"))
     try:
-        assert loader.profile_name == "cpu_fallback"
+        loader.wait_for_preflight()
+        assert loader.profile_name == "cpu"
         [event] = loader.recovery_events()
         assert event.kind == "preflight" and "cu128" in event.detail
         info = loader.system_info()
         assert info.worker_state == "not started" and info.preflight.gpus[0].name == GPU.name
+        assert info.fell_back and info.fallback_reason == "CUDA unusable: torch has no kernels for sm_120"
     finally:
         loader.close()
 
@@ -110,7 +116,56 @@ def test_no_gpu_starts_on_the_cpu_profile_without_an_event(monkeypatch):
     monkeypatch.setattr(gpu, "snapshot", lambda: gpu.NvmlSnapshot(note="no NVIDIA GPU found"))
     loader = Loader(settings_with("auto"))
     try:
-        assert loader.profile_name == "cpu_fallback" and loader.recovery_events() == []
+        loader.wait_for_preflight()
+        assert loader.profile_name == "cpu" and loader.recovery_events() == []
         assert loader.system_info().fallback_reason.startswith("no NVIDIA GPU")
+        assert not loader.system_info().fell_back  # no GPU is simply the CPU profile, not a fallback
+    finally:
+        loader.close()
+
+
+def test_the_preflight_runs_in_the_background_and_only_requests_wait_for_it(monkeypatch):
+    release = threading.Event()
+
+    def slow_preflight(settings):
+        release.wait(60)  # a CUDA probe can take seconds
+        return preflight.PreflightResult(cuda_usable=False, reason="no NVIDIA GPU", device_setting="auto")
+
+    monkeypatch.setattr(preflight, "run", slow_preflight)
+    started = time.monotonic()
+    loader = Loader(settings_with("auto"))
+    try:
+        assert loader.profile_name == CHECKING == "checking GPU…" and loader.checking_gpu
+        info = loader.system_info()
+        assert info.preflight is None and info.profile == CHECKING and info.worker_state == "not started"
+        assert loader.catalog() and loader.recovery_events() == []
+        assert time.monotonic() - started < 2
+        assert loader.wait_for_preflight(timeout=0.1) is None
+
+        results: list = []
+        page = render_text_page(["Total 42"])
+        request = threading.Thread(target=lambda: results.append(loader.run("tesseract", page)))
+        request.start()
+        request.join(1.5)
+        assert request.is_alive() and loader.system_info().worker_state == "not started"  # waiting for the GPU check
+        release.set()
+        request.join(60)
+        assert "42" in results[0].text and results[0].profile == "cpu"
+        assert loader.profile_name == "cpu" and loader.wait_for_preflight(0).reason == "no NVIDIA GPU"
+    finally:
+        release.set()
+        loader.close()
+
+
+def test_a_preflight_that_breaks_leaves_the_app_on_the_cpu(monkeypatch):
+    def broken(settings):
+        raise OSError("no such file: nvidia-smi")
+
+    monkeypatch.setattr(preflight, "run", broken)
+    loader = Loader(settings_with("auto"))
+    try:
+        result = loader.wait_for_preflight(30)
+        assert result is not None and result.reason == "GPU preflight failed: no such file: nvidia-smi"
+        assert loader.profile_name == "cpu"
     finally:
         loader.close()

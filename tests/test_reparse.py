@@ -11,6 +11,7 @@ import json
 import pytest
 
 import cli
+from utils.documents.export import PAGE_FIELDS
 
 A4 = (1654, 2339)
 LINE = (200, 300, 1400, 360)  # a text line on that page, in page pixels
@@ -53,7 +54,7 @@ def test_each_models_box_convention_maps_to_page_pixels(tmp_path, capsys, model)
     assert code == 0, err
     page = json.loads(out)
     assert page["input_size"] == list(input_size)
-    assert set(page) == set(cli.PAGE_FIELDS) | {"input_size"}  # the same page object as `cli.py ocr`
+    assert set(page) == set(PAGE_FIELDS) | {"input_size"}  # the same page object as `cli.py ocr`
     assert (page["model"], page["task"], page["page"], page["raw"]) == (model, "layout", 1, raw)
     (block,) = page["blocks"]
     assert block["text"] == "Total due" and page["text"] == "Total due"

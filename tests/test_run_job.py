@@ -23,15 +23,21 @@ class StreamingLoader:
     """Stands in for the worker where timing is the point: tokens at a set pace, a model that is
     'loaded' by its first page."""
 
-    def __init__(self, tokens: int, pace: float, load_seconds: float = 0.0):
-        self.tokens, self.pace, self.load_seconds = tokens, pace, load_seconds
+    def __init__(self, tokens: int, pace: float, load_seconds: float = 0.0, queue: tuple[int, ...] = ()):
+        self.tokens, self.pace, self.load_seconds, self.queue = tokens, pace, load_seconds, queue
         self.resident_models: list[str] = []
 
     def recovery_events(self) -> list:
         return []
 
     def run(self, model: str, image: Image.Image, task: str = "text", options: RunOptions | None = None,
-            on_token=None, page: int | None = None, source: str | None = None) -> PageResult:
+            on_token=None, page: int | None = None, source: str | None = None, on_wait=None) -> PageResult:
+        for ahead in self.queue:  # other requests served first
+            if on_wait is not None:
+                on_wait(ahead)
+            time.sleep(0.3)
+        if self.queue and on_wait is not None:
+            on_wait(0)
         time.sleep(self.load_seconds)
         self.resident_models = [model]
         for _ in range(self.tokens):
@@ -73,6 +79,37 @@ def test_phases_say_loading_then_page_k_of_n_with_tokens_per_second():
     assert all(line.endswith(" in all") for line in lines)
     entries = job.take()
     assert [e.key.page for e in entries] == [0, 1] and job.take() == []
+
+
+def test_waiting_behind_other_requests_says_how_many_are_ahead():
+    document = open_document("page.pdf", make_pdf(1))
+    job = RunJob(StreamingLoader(tokens=10, pace=0.01, queue=(2, 1)), None, document, [("tesseract", [0])], "text",
+                 RunOptions(), labels={"tesseract": "Tesseract"})
+    lines = []
+    follow(job, lambda progress: lines.append(progress_line(progress, job.labels)))
+    waiting = [line for line in lines if line.startswith("Waiting for the worker")]
+    assert any("2 requests ahead" in line for line in waiting) and any("1 request ahead" in line for line in waiting)
+    assert lines[-1].startswith(("Tesseract · page 1", "Loading Tesseract")), lines
+
+
+def test_a_second_run_hears_it_waits_behind_the_first_on_the_real_worker(loader):
+    long = open_document("long.pdf", make_pdf(12))
+    heard: list[int] = []
+
+    class Listening(RunJob):
+        def _on_wait(self, ahead: int) -> None:
+            heard.append(ahead)
+            super()._on_wait(ahead)
+
+    first = RunJob(loader, None, long, [("tesseract", list(range(12)))], "text", RunOptions())
+    while first.progress().done < 1:  # the worker is busy with the first run's pages
+        time.sleep(0.01)
+    second = Listening(loader, None, open_document("short.pdf", make_pdf(1)), [("tesseract", [0])], "text",
+                       RunOptions())
+    second.join(120)
+    first.join(120)
+    assert heard and heard[0] >= 1 and heard[-1] == 0  # one ahead (the first run's page), then its turn
+    assert second.take()[0].result is not None
 
 
 def test_results_are_stored_before_they_are_handed_out(loader, tmp_path):

@@ -5,6 +5,7 @@ Every value is checked on load; a bad one is reported as `file: key.path: what w
 from __future__ import annotations
 
 import copy
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,13 @@ from models.registry import EntryError, ModelSpec, Profile, check_entry
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config.yaml"
 CPU_FALLBACK_CONFIG = ROOT / "config_cpu_fallback.yaml"
+CONFIG_ENV = "OCR_CONFIG"  # another registry and settings file in place of config.yaml (e.g. one with servers)
+
+
+def config_path() -> Path:
+    """The settings file the app, CLI and API start from: $OCR_CONFIG, else config.yaml."""
+    chosen = os.environ.get(CONFIG_ENV, "").strip()
+    return Path(chosen).expanduser() if chosen else DEFAULT_CONFIG
 
 
 class ConfigError(ValueError):
@@ -109,7 +117,7 @@ def _format_error(source: str, exc: ValidationError) -> str:
 
 def load_settings(path: str | Path | None = None, overlay: str | Path | None = None) -> Settings:
     """Read, overlay and validate. Raises ConfigError with the offending key."""
-    path = Path(path) if path else DEFAULT_CONFIG
+    path = Path(path) if path else config_path()
     data = _read_yaml(path)
     source = path.name
     if overlay:
@@ -123,6 +131,24 @@ def with_overlay(settings: Settings, overlay: str | Path) -> Settings:
     """Settings already loaded (and perhaps changed in code) overlaid with a profile file, validated again."""
     overlay = Path(overlay)
     return _validated(_deep_merge(settings.model_dump(), _read_yaml(overlay)), f"settings+{overlay.name}")
+
+
+def with_backend(settings: Settings, model: str, backend: str | None = None, base_url: str | None = None,
+                 concurrency: int | None = None) -> Settings:
+    """Settings with `model` run elsewhere: `backend` ("local" or "openai"), the server's base URL (a
+    comma-separated list for replicas) and its concurrency limit replacing those in config.yaml.
+    Validated again; a bad value is a ConfigError naming the key."""
+    data = settings.model_dump()
+    entry = data["models"][model]
+    entry["backend"] = backend or entry["backend"]
+    if base_url is not None or concurrency is not None:
+        server = dict(entry.get("server") or {})
+        if base_url is not None:
+            server["base_url"] = [url.strip() for url in base_url.split(",") if url.strip()]
+        if concurrency is not None:
+            server["concurrency"] = concurrency
+        entry["server"] = server
+    return _validated(data, "command line")
 
 
 def _validated(data: dict, source: str) -> Settings:
@@ -141,5 +167,5 @@ def _validated(data: dict, source: str) -> Settings:
 @lru_cache(maxsize=4)
 def cached_settings(profile: Literal["default", "cpu_fallback"] = "default") -> Settings:
     if profile == "cpu_fallback":
-        return load_settings(DEFAULT_CONFIG, CPU_FALLBACK_CONFIG)
-    return load_settings(DEFAULT_CONFIG)
+        return load_settings(config_path(), CPU_FALLBACK_CONFIG)
+    return load_settings(config_path())

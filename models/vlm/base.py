@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 from PIL import Image
 
 from models.base import ModelAdapter
-from models.contract import Availability, Block, PageResult, RunOptions, TokenCallback
+from models.contract import CHAT, Availability, Block, PageResult, RunOptions, TokenCallback
 from models.registry import ModelSpec, Profile
 from models.vlm import weights
 from models.vlm.generation import (
@@ -40,11 +40,13 @@ from models.vlm.generation import (
     token_cap,
 )
 from models.vlm.layout_parsing import strip_special_tokens
+from models.vlm.served import ServedVLM
 
 VLMOptionsT = TypeVar("VLMOptionsT", bound=VLMOptions)
 Size = tuple[int, int]
 VLM_TASKS = ("text", "markdown", "layout", "prompt")
 MAX_ASPECT = 200  # qwen-vl-utils' smart_resize refuses more
+CONTEXT_INTRO = "The recognised text of the document's other pages:"
 
 
 def fit_to_budget(width: int, height: int, unit: int, min_pixels: int, max_pixels: int) -> Size:
@@ -74,6 +76,17 @@ def fit_to_budget(width: int, height: int, unit: int, min_pixels: int, max_pixel
         else:
             h -= unit
     return w, h
+
+
+def chat_turns(options: RunOptions) -> list[tuple[str, str]]:
+    """The conversation as (role, text) turns ending with the new question; the recognised text of the
+    pages not sent as images goes before the first question."""
+    turns = [*options.history, ("user", options.prompt or "")]
+    if turns[0][0] != "user":
+        raise ValueError("a chat's history must start with the user's turn")
+    if options.context and options.context.strip():
+        turns[0] = ("user", f"{CONTEXT_INTRO}\n{options.context.strip()}\n\n{turns[0][1]}")
+    return turns
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,10 @@ class VLMAdapter(ModelAdapter[VLMOptionsT]):
         """(width, height) the page is resized to for the model, from its pixel budget. No model needed."""
         raise NotImplementedError
 
+    def pixel_range(self) -> tuple[int, int]:
+        """(min_pixels, max_pixels) of one image as configured: a chat splits the max across its pages."""
+        raise NotImplementedError
+
     def task_prompt(self, task: str) -> str:
         raise NotImplementedError
 
@@ -137,12 +154,30 @@ class VLMAdapter(ModelAdapter[VLMOptionsT]):
         """Model inputs (on the model's device) for the page resized to input_size and the prompt."""
         raise NotImplementedError
 
+    def served_messages(self, image_url: str, prompt: str) -> list[dict]:
+        """The chat messages an OpenAI-compatible server gets for the page (a data URL, already at
+        input_size) and the prompt: the image first, then the text, as in-process."""
+        return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
+                                             {"type": "text", "text": prompt}]}]
+
+    def encode_chat(self, images: Sequence[Image.Image], sizes: Sequence[Size],
+                    turns: Sequence[tuple[str, str]]) -> tuple[dict, str]:
+        """Model inputs and the prompt text for a conversation: the images (resized to `sizes`) go with
+        the first turn, which is the user's; the last turn is the user's new question."""
+        raise NotImplementedError
+
     def parse(self, raw: str, task: str, input_size: Size, page_size: Size) -> Parsed:
         """The default for tasks without boxes: the text as written, markup removed."""
         text = strip_special_tokens(raw).strip()
         return Parsed(text=text, markdown=text)
 
     # ------------------------------------------------------------ shared
+
+    @classmethod
+    def served(cls) -> type[ModelAdapter]:
+        """This adapter with its model on an OpenAI-compatible server: its steps, the server's
+        generation (models/vlm/served.py)."""
+        return _served_variant(cls)
 
     @classmethod
     def availability(cls, spec: ModelSpec) -> Availability:
@@ -217,6 +252,28 @@ class VLMAdapter(ModelAdapter[VLMOptionsT]):
                            warnings=self.load_warnings + out.warnings + parsed.warnings,
                            seconds=time.perf_counter() - started, width=image.width, height=image.height)
 
+    def chat(self, images: Sequence[Image.Image], options: RunOptions,
+             on_token: TokenCallback | None = None) -> PageResult:
+        """Answer options.prompt about `images`, after the turns in options.history; options.max_pixels
+        is the budget of each image (the caller splits the model's budget across the pages)."""
+        self._check_task(CHAT)
+        if not options.prompt or not options.prompt.strip():
+            raise ValueError("a chat turn needs a question")
+        if not images:
+            raise ValueError("a chat needs at least one page image")
+        started = time.perf_counter()
+        sizes = [self.input_size(image.size, options) for image in images]
+        turns = chat_turns(options)
+        inputs, prompt = self.encode_chat(images, sizes, turns)
+        out = generate_text(self._model, self._tokenizer, inputs,
+                            max_new_tokens=token_cap(CHAT, self.options.max_new_tokens, options.max_new_tokens),
+                            repetition_penalty=self.options.repetition_penalty,
+                            loop_guard=self.options.loop_guard, on_token=on_token, skip_special_tokens=False)
+        text = strip_special_tokens(out.text).strip()
+        return self.result(CHAT, text=text, markdown=text, raw=out.text, prompt=prompt, images=sizes,
+                           tokens=out.tokens, truncated=out.truncated, warnings=self.load_warnings + out.warnings,
+                           seconds=time.perf_counter() - started)
+
     def reparse(self, raw: str, task: str, page_size: Size,
                 run: RunOptions | None = None) -> tuple[PageResult, Size]:
         """The result `run` would have given for this raw output on a page of page_size, and the input
@@ -235,3 +292,13 @@ class VLMAdapter(ModelAdapter[VLMOptionsT]):
             import torch
 
             torch.cuda.empty_cache()
+
+
+_served_variants: dict[type, type[ModelAdapter]] = {}
+
+
+def _served_variant(cls: type[VLMAdapter]) -> type[ModelAdapter]:
+    """One class per adapter, so the variant is the same object wherever it is asked for."""
+    if cls not in _served_variants:
+        _served_variants[cls] = type(f"Served{cls.__name__}", (ServedVLM, cls), {"__module__": cls.__module__})
+    return _served_variants[cls]

@@ -269,7 +269,7 @@ def cut_at_unit_boundary(text: str, unit_text: str) -> str | None:
     return None
 
 
-def _window(settings: LoopGuardOptions, span: int) -> int:
+def loop_window(settings: LoopGuardOptions, span: int) -> int:
     """Tokens of tail the guard needs to judge every period up to max_period."""
     return max(settings.max_period * settings.min_repeats, span, settings.fill_span) + settings.max_period
 
@@ -285,7 +285,7 @@ def make_loop_guard(prompt_length: int, settings: LoopGuardOptions, max_new_toke
     earliest = max(span, 2 * settings.min_repeats)  # fewer tokens cannot hold a loop either rule sees
     if decode is not None:
         earliest = min(earliest, settings.fill_span)
-    window = _window(settings, span)
+    window = loop_window(settings, span)
 
     class LoopGuard(StoppingCriteria):
         def __init__(self):
@@ -363,25 +363,37 @@ def generate_text(model, tokenizer, inputs: dict, *, max_new_tokens: int, repeti
         output = model.generate(**inputs, **kwargs)
     ids = output[0, prompt_length:].tolist()
     tokens = len(ids)
-    result = Generated(text="", tokens=tokens)
     eos = eos_ids(model)
     if ids and ids[-1] in eos:
         ids = ids[:-1]
-    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
-    if guard is not None and guard.period is not None:
-        found = find_loop(ids, loop_guard, guard.span, decode)
+    text, truncated, warnings = settle_output(
+        ids, tokens=tokens, loop_period=guard.period if guard is not None else None,
+        hit_cap=tokens >= max_new_tokens and (not ids or ids[-1] not in eos), max_new_tokens=max_new_tokens,
+        settings=loop_guard, span=guard.span if guard is not None else 0, find_decode=decode,
+        text_decode=lambda part: tokenizer.decode(part, skip_special_tokens=skip_special_tokens))
+    return Generated(text=text, tokens=tokens, truncated=truncated, warnings=warnings)
+
+
+def settle_output(ids: list[int], *, tokens: int, loop_period: int | None, hit_cap: bool, max_new_tokens: int,
+                  settings: LoopGuardOptions, span: int, find_decode: Callable[[list[int]], str],
+                  text_decode: Callable[[list[int]], str]) -> tuple[str, bool, list[str]]:
+    """The text of generated ids (end-of-sequence dropped), whether it is incomplete, and why: after
+    the loop guard stopped it (loop_period set) the loop is found again and the text ends where a
+    line, tag or element of its last unit ends; at the token cap it is kept whole. Shared by
+    in-process generation and models on a server (models/vlm/served.py), where streamed pieces
+    stand for tokens. `find_decode` is what the loop rules read, `text_decode` the output's text."""
+    text = text_decode(ids)
+    warnings: list[str] = []
+    if loop_period is not None:
+        found = find_loop(ids, settings, span, find_decode)
         if found is not None:  # keep it all, but end where a line, tag or element of the last unit ends
             period, start = found
-            unit_text = tokenizer.decode(ids[len(ids) - period:], skip_special_tokens=skip_special_tokens)
+            unit_text = text_decode(ids[len(ids) - period:])
             whole_copies = ids[:start + (len(ids) - start) // period * period]
-            text = cut_at_unit_boundary(text, unit_text) or tokenizer.decode(
-                whole_copies, skip_special_tokens=skip_special_tokens)
-        result.truncated = True
-        result.warnings.append(f"generation stopped: the output kept repeating a {guard.period}-token unit "
-                               f"(a loop); kept what was generated up to the stop ({tokens} tokens)")
-    elif tokens >= max_new_tokens and (not ids or ids[-1] not in eos):
-        result.truncated = True
-        result.warnings.append(f"generation stopped at the token cap ({max_new_tokens} new tokens); "
-                               "the output is incomplete")
-    result.text = text.strip()
-    return result
+            text = cut_at_unit_boundary(text, unit_text) or text_decode(whole_copies)
+        warnings.append(f"generation stopped: the output kept repeating a {loop_period}-token unit "
+                        f"(a loop); kept what was generated up to the stop ({tokens} tokens)")
+    elif hit_cap:
+        warnings.append(f"generation stopped at the token cap ({max_new_tokens} new tokens); "
+                        "the output is incomplete")
+    return text.strip(), bool(warnings), warnings

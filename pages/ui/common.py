@@ -9,6 +9,8 @@ import functools
 import io
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
@@ -21,6 +23,7 @@ from utils.config import cached_settings
 from utils.documents.reader import ACCEPTED_SUFFIXES, Document, DocumentError, open_document
 from utils.engine.loader import Loader, ModelStatus
 
+TOKEN_REDRAW_S = 0.1  # streamed tokens redraw the page at most ten times a second
 DISPLAY_WIDTH = 1000  # px of a page sent to the browser (a half-width column, sharp enough to read), never the scan
 THUMB_HEIGHT = 120  # px of a page thumbnail
 THUMB_DPI = 24  # a PDF page is rendered this small for its thumbnail, not rendered full and shrunk
@@ -69,35 +72,28 @@ def apply_local_settings(loader: Loader) -> list[str]:
     return problems
 
 
-@dataclasses.dataclass(frozen=True)
-class _Engine:
-    loader: Loader
-    notes: tuple[str, ...]  # local settings that could not be applied at start
+_startup_notes: list[str] = []  # local settings the loader of this server could not apply when it started
 
 
-def _engine_is_healthy(engine: _Engine) -> bool:
-    return _loader_is_healthy(engine.loader)
-
-
-@st.cache_resource(show_spinner="Starting the OCR engine…", validate=_engine_is_healthy,
-                   on_release=lambda engine: engine.loader.close())
-def _cached_engine() -> _Engine:
+@st.cache_resource(show_spinner="Starting the OCR engine…", validate=_loader_is_healthy,
+                   on_release=lambda loader: loader.close())
+def _cached_loader() -> Loader:
     loader = Loader(cached_settings())
-    notes = apply_local_settings(loader)
-    for note in notes:
+    _startup_notes[:] = apply_local_settings(loader)
+    for note in _startup_notes:
         _log.warning(note)
-    return _Engine(loader, tuple(notes))
+    return loader
 
 
 def get_loader() -> Loader:
     """One Loader per server process: models stay loaded across reruns and sessions."""
     with _loader_lock:
-        return _cached_engine().loader
+        return _cached_loader()
 
 
-def startup_notes() -> tuple[str, ...]:
-    with _loader_lock:
-        return _cached_engine().notes
+def startup_notes() -> list[str]:
+    get_loader()
+    return list(_startup_notes)
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -142,6 +138,15 @@ def _open_cached(file_id: str, name: str, _data: bytes) -> Document:
     return open_document(name, _data, cached_settings().documents)
 
 
+def open_upload(uploaded) -> Document | None:
+    """A validated Document, or None after showing a one-line error (pages with their own uploader)."""
+    try:
+        return open_document_cached(uploaded.file_id, uploaded.name, uploaded.getvalue())
+    except DocumentError as exc:
+        st.error(str(exc))
+        return None
+
+
 def open_document_cached(file_id: str, name: str, data: bytes) -> Document:
     """A validated Document, or DocumentError in one line.
 
@@ -151,6 +156,22 @@ def open_document_cached(file_id: str, name: str, data: bytes) -> Document:
     document = _open_cached(file_id, name, data)
     _ = document.digest  # hashed once, here, not in the middle of a later rerun
     return document
+
+
+def page_image(document: Document, index: int) -> Image.Image | None:
+    """The page at full size, rendered once (pages that draw on it themselves). Only that page is kept
+    (one per session): a long document is never held in memory as pixels."""
+    key = (document.digest, document.dpi, index)
+    shown = st.session_state.get("_full_page")
+    if shown is not None and shown[0] == key:
+        return shown[1]
+    try:
+        image = document.render(index).image
+    except DocumentError as exc:
+        st.error(str(exc))
+        return None
+    st.session_state["_full_page"] = (key, image)
+    return image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +232,35 @@ def thumbnail(digest: str, index: int, _document: Document) -> bytes | None:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=80)
     return buffer.getvalue()
+
+
+class TokenView:
+    """Streamed tokens drawn into a placeholder, at most once per TOKEN_REDRAW_S.
+
+    A model streams many tokens a second; redrawing on each one floods the browser with messages.
+    """
+
+    def __init__(self, placeholder, tail: int, interval: float = TOKEN_REDRAW_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.placeholder = placeholder
+        self.tail = tail
+        self.interval = interval
+        self.clock = clock
+        self.draws = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """A new page: forget the previous page's tokens."""
+        self._pieces: list[str] = []
+        self._drawn_at = float("-inf")
+
+    def __call__(self, piece: str) -> None:
+        self._pieces.append(piece)
+        now = self.clock()
+        if now - self._drawn_at >= self.interval:
+            self._drawn_at = now
+            self.draws += 1
+            self.placeholder.code("".join(self._pieces)[-self.tail:], language=None)
 
 
 def draw_boxes(image: Image.Image, blocks: list[Block]) -> Image.Image:

@@ -14,7 +14,7 @@ import streamlit as st
 
 from models.contract import PageResult
 from pages.ui.common import PageView, display_page
-from utils.documents.export import page_json
+from utils.documents.export import result_json
 
 TEXT_LABEL = "Recognised text"
 TABS = ("Text", "Markdown", "JSON")
@@ -105,7 +105,7 @@ def show_result(result: PageResult, view: PageView | None, key: str, *, group: s
                 st.markdown(result.markdown or result.text)
         if json_tab.open:
             with json_tab:
-                st.json(page_json(result, correction=correction, prompt=prompt), expanded=1)
+                st.json(result_json(result, correction=correction, prompt=prompt), expanded=1)
 
 
 def _text_box(result: PageResult, key: str, correction: str | None,

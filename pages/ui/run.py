@@ -66,7 +66,7 @@ class Entry:
 class Progress:
     """What a run is doing, for the panel: a snapshot, safe to read while the thread goes on."""
 
-    phase: str  # "starting", "loading", "running", "done"
+    phase: str  # "starting", "waiting" (behind other requests for the worker), "loading", "running", "done"
     model: str | None
     page: int | None  # 0-based index of the page being recognised
     position: int  # 1-based rank of that page in the run
@@ -79,6 +79,7 @@ class Progress:
     tail: str
     stopping: bool
     notes: tuple[str, ...]
+    ahead: int = 0  # requests ahead of this one for the worker, while waiting
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -110,6 +111,7 @@ class RunJob:
         self._new: list[Entry] = []
         self._notes: list[str] = []
         self._phase = "starting"
+        self._ahead = 0
         self._model: str | None = None
         self._page: int | None = None
         self._done = 0
@@ -130,13 +132,26 @@ class RunJob:
                 setattr(self, f"_{name}", value)
             self._changed.notify_all()
 
+    def _working(self, model: str) -> str:
+        # A model the worker does not hold yet is loaded first: that is what the user waits for.
+        return "running" if model in self._loader.resident_models else "loading"
+
     def _page_started(self, model: str) -> Callable[[int, int, int], None]:
         def started(done: int, total: int, index: int) -> None:
-            # A model the worker does not hold yet is loaded first: that is what the user waits for.
-            loading = model not in self._loader.resident_models
-            self._set(phase="loading" if loading else "running", model=model, page=index, tokens=0, tail="",
+            self._set(phase=self._working(model), model=model, page=index, tokens=0, tail="", ahead=0,
                       phase_started=self._clock())
         return started
+
+    def _on_wait(self, ahead: int) -> None:
+        """The worker serves others first: say how many are ahead; 0 when this request starts."""
+        with self._changed:
+            if ahead > 0:
+                if self._phase != "waiting":
+                    self._phase, self._phase_started = "waiting", self._clock()
+                self._ahead = ahead
+            elif self._phase == "waiting" and self._model is not None:
+                self._phase, self._phase_started, self._ahead = self._working(self._model), self._clock(), 0
+            self._changed.notify_all()
 
     def _on_token(self, piece: str) -> None:
         with self._changed:
@@ -181,7 +196,7 @@ class RunJob:
                     events_before = len(self._loader.recovery_events())
                     for outcome in run_pages(self._loader, self.document, pages, model, self.task, self.options,
                                              on_page=self._page_started(model), on_token=self._on_token,
-                                             stop=self.stop, warnings=self._warnings):
+                                             stop=self.stop, warnings=self._warnings, on_wait=self._on_wait):
                         entry = Entry(outcome.key, self.document.name, self.options, outcome.result, outcome.error,
                                       wall_seconds=outcome.wall_seconds)
                         self._save(entry, events_before)
@@ -217,7 +232,7 @@ class RunJob:
             position = min(self._done + 1, self.total)
             return Progress(self._phase, self._model, self._page, position, self.total, self._done, self._failed,
                             now - self._started, now - self._phase_started, self._tokens, self._tail,
-                            self.stop.is_set() and not self._finished, tuple(self._notes))
+                            self.stop.is_set() and not self._finished, tuple(self._notes), self._ahead)
 
     def wait(self, timeout: float) -> None:
         """Return after the next change of progress, or after `timeout` seconds."""

@@ -66,7 +66,10 @@ def progress_line(progress: Progress, labels: dict[str, str]) -> str:
     """One line: the phase with its elapsed time, then the whole run's."""
     model = labels.get(progress.model or "", progress.model or "")
     if progress.phase == "starting":
-        line = "Waiting for the worker…"
+        line = "Starting…"
+    elif progress.phase == "waiting":
+        ahead = f"{progress.ahead} request{'s' if progress.ahead != 1 else ''} ahead"
+        line = f"Waiting for the worker: {ahead} (other users or tabs)… {_seconds(progress.phase_elapsed)}"
     elif progress.phase == "loading":
         line = f"Loading {model}… {_seconds(progress.phase_elapsed)}"
     else:

@@ -14,10 +14,27 @@ from pathlib import PurePath
 from models.contract import PageResult
 
 FORMATS = ("txt", "md", "json")
+# Fields of each page in `cli.py ocr --format json` and the HTTP API's /v1/ocr, in this order; a page
+# that failed has only page, model, task and error set (the others null).
+PAGE_FIELDS = ("page", "model", "task", "text", "markdown", "blocks", "raw", "device", "dtype", "profile",
+               "seconds", "load_seconds", "tokens", "truncated", "warnings", "error")
 
 
-def page_json(result: PageResult, *, correction: str | None = None, prompt: str | None = None) -> dict:
-    """The recognised result whole, the prompt it was asked with, and the user's correction beside it."""
+def page_json(result: PageResult) -> dict:
+    """One page as the CLI and the API report it: 1-based page number, the fields above."""
+    data = result.model_dump(mode="json")
+    data["page"] = (result.page or 0) + 1
+    return {key: data.get(key) for key in PAGE_FIELDS}
+
+
+def failed_page_json(page: int, model: str, task: str, error: str | None) -> dict:
+    """A page (0-based) that has no result, as the CLI and the API report it."""
+    return {key: None for key in PAGE_FIELDS} | {"page": page + 1, "model": model, "task": task, "error": error}
+
+
+def result_json(result: PageResult, *, correction: str | None = None, prompt: str | None = None) -> dict:
+    """A download's JSON: the recognised result whole, the prompt it was asked with, and the user's
+    correction beside it."""
     data = result.model_dump(mode="json")
     if prompt is not None:
         data["prompt"] = prompt
@@ -32,7 +49,7 @@ def page_text(result: PageResult, fmt: str, *, correction: str | None = None, pr
     if fmt == "md":
         return correction if correction is not None else (result.markdown or result.text)
     if fmt == "json":
-        return json.dumps(page_json(result, correction=correction, prompt=prompt), ensure_ascii=False, indent=2)
+        return json.dumps(result_json(result, correction=correction, prompt=prompt), ensure_ascii=False, indent=2)
     raise ValueError(f"unknown export format '{fmt}'; expected one of {', '.join(FORMATS)}")
 
 
@@ -51,7 +68,7 @@ def document_text(results: Sequence[PageResult], fmt: str, *, corrections: Mappi
         return corrections.get(result.page) if result.page is not None else None
 
     if fmt == "json":
-        pages = [page_json(r, correction=correction(r), prompt=prompt) for r in results]
+        pages = [result_json(r, correction=correction(r), prompt=prompt) for r in results]
         return json.dumps(pages, ensure_ascii=False, indent=2)
     texts = [page_text(r, fmt, correction=correction(r)) for r in results]
     if fmt == "txt":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from pathlib import Path
@@ -45,6 +46,11 @@ PDF_ERRORS = {  # PDFium's load error codes, in the words the user reads
 # The per-page pixel limit from config is checked on the header, before any decoding, so PIL's own
 # process-wide guard (which raises at open, before we can name the page) is turned off.
 Image.MAX_IMAGE_PIXELS = None
+
+
+# PDFium is not thread-safe, not even across documents (pypdfium2's documentation), and pages are
+# rendered from several threads: batch jobs, pages sent to a model server at once, the HTTP API.
+PDFIUM_LOCK = threading.Lock()
 
 
 class DocumentError(ValueError):
@@ -283,6 +289,11 @@ def _without_pdfium_suffix(exc: BaseException) -> str:
 
 
 def _render_pdf_page(doc: Document, index: int) -> RenderedPage:
+    with PDFIUM_LOCK:
+        return _render_pdf_page_unlocked(doc, index)
+
+
+def _render_pdf_page_unlocked(doc: Document, index: int) -> RenderedPage:
     import pypdfium2 as pdfium
 
     page_name = f"{doc.name}: page {index + 1}"
@@ -317,6 +328,11 @@ def _render_pdf_page(doc: Document, index: int) -> RenderedPage:
 
 
 def _open_pdf(name: str, data: bytes) -> int:
+    with PDFIUM_LOCK:
+        return _open_pdf_unlocked(name, data)
+
+
+def _open_pdf_unlocked(name: str, data: bytes) -> int:
     import pypdfium2 as pdfium
 
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from models.contract import PageResult
-from utils.documents.reader import Document
+from utils.documents.reader import PDFIUM_LOCK, Document
 
 DEFAULT_DPI = 200.0
 JPEG_QUALITY = 88
@@ -125,11 +125,12 @@ def page_dpi(document: Document, index: int, image: Image.Image) -> float:
     if document.kind == "pdf":
         import pypdfium2 as pdfium
 
-        pdf = pdfium.PdfDocument(document.data)
-        try:
-            width_pt = pdf[index].get_size()[0]
-        finally:
-            pdf.close()
+        with PDFIUM_LOCK:
+            pdf = pdfium.PdfDocument(document.data)
+            try:
+                width_pt = pdf[index].get_size()[0]
+            finally:
+                pdf.close()
         return image.width * 72.0 / width_pt if width_pt else DEFAULT_DPI
     with Image.open(io.BytesIO(document.data)) as source:
         dpi = source.info.get("dpi")

@@ -1,16 +1,16 @@
 """Faults for tests, raised inside the worker where the adapter would run: OCR_FAULT_INJECT=kind[:N].
 
 The raised errors carry the types, codes and messages of the real ones, so the whole supervisor path
-runs without a GPU. N (default 1) counts faulted requests across respawns: the worker reports each
-fault it takes before acting on it, and the guard hands the remaining count to the next worker,
-so `device_assert:1` faults exactly one request and its retry on a fresh worker succeeds.
+runs without a GPU. The parent decides (FaultPlan): it reads the variable once and sends the fault
+with each of the first N requests it sends (default 1), whichever worker gets them, so the count
+spans respawns and `device_assert:1` faults exactly one request while its retry on a fresh worker
+succeeds. The worker only acts the fault out (act_out).
 """
 from __future__ import annotations
 
 import os
 import signal
 import threading
-from collections.abc import Callable
 
 ENV = "OCR_FAULT_INJECT"
 _SEARCH = ("\nSearch for `{name}' in https://docs.nvidia.com/cuda/cuda-runtime-api/group__CUDART__TYPES.html "
@@ -64,33 +64,40 @@ def _out_of_memory() -> Exception:
     return torch.OutOfMemoryError(OOM_MESSAGE)
 
 
-class FaultInjector:
-    """Reads OCR_FAULT_INJECT in the worker. `faults_left` is what earlier workers left (None: none has
-    read the variable yet); `on_take(left)` is told of each fault before it is acted on."""
+class FaultPlan:
+    """Parent side: which request attempts get a fault. Thread-safe: several workers share one plan."""
 
-    def __init__(self, faults_left: int | None, on_take: Callable[[int], None]):
-        self._on_take = on_take
-        self._kind: str | None = None
-        self._error: ValueError | None = None
-        value = os.environ.get(ENV, "").strip()
+    def __init__(self, value: str | None = None):
+        """`value` is the variable's text; None reads it from the environment now."""
+        value = (os.environ.get(ENV, "") if value is None else value).strip()
+        self._lock = threading.Lock()
+        self._error: str | None = None
+        self.kind: str | None = None
+        self.left = 0
         try:
-            self._kind, count = parse(value) if value else (None, 0)
+            self.kind, self.left = parse(value) if value else (None, 0)
         except ValueError as exc:
-            self._error, count = exc, 0
-        self._left = count if faults_left is None else faults_left
+            self._error = str(exc)
 
-    def maybe_fault(self) -> None:
+    def take(self) -> str | None:
+        """The fault for the attempt about to be sent, if any; a bad spec is every request's error."""
         if self._error is not None:
-            raise ValueError(str(self._error))
-        if self._kind is None or self._left <= 0:
-            return
-        self._left -= 1
-        self._on_take(self._left)  # before acting: a killed or hung worker cannot report afterwards
-        if self._kind == "oom":
-            raise _out_of_memory()
-        if self._kind in CUDA_ERRORS:
-            raise _cuda_error(*CUDA_ERRORS[self._kind])
-        if self._kind == "worker_kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        if self._kind == "hang":
-            threading.Event().wait()  # for good: the guard's deadline kills this process
+            raise ValueError(self._error)
+        with self._lock:
+            if self.kind is None or self.left <= 0:
+                return None
+            self.left -= 1
+            return self.kind
+
+
+def act_out(kind: str) -> None:
+    """Worker side: fail the way `kind` says, where the model would have run."""
+    if kind == "oom":
+        raise _out_of_memory()
+    if kind in CUDA_ERRORS:
+        raise _cuda_error(*CUDA_ERRORS[kind])
+    if kind == "worker_kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "hang":
+        threading.Event().wait()  # for good: the guard's deadline kills this process
+    raise ValueError(f"{ENV}: unknown fault kind {kind!r}")

@@ -10,12 +10,14 @@ import json
 import subprocess
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from utils.config import Settings
 from utils.engine import gpu
-from utils.engine.worker import classify, python_command
+from utils.engine.protocol import classify
+from utils.engine.worker import python_command
 from utils.messages import one_line
 
 BLACKWELL_INDEX = "https://download.pytorch.org/whl/cu128"
@@ -30,6 +32,7 @@ class PreflightResult(BaseModel):
     gpu_present: bool = False
     gpus: list[gpu.GpuReading] = Field(default_factory=list)
     driver: str | None = None
+    nvml_note: str = ""  # why NVML lists no GPU (e.g. no driver library), when it lists none
     device_name: str | None = None
     device_uuid: str | None = None
     capability: str | None = None
@@ -122,12 +125,13 @@ def run(settings: Settings) -> PreflightResult:
     started = time.perf_counter()
     device = settings.profile.device
     nvml = gpu.snapshot()
-    base = dict(device_setting=device, gpu_present=bool(nvml.readings), gpus=nvml.readings, driver=nvml.driver)
+    base: dict[str, Any] = dict(device_setting=device, gpu_present=bool(nvml.readings), gpus=nvml.readings,
+                                driver=nvml.driver, nvml_note=nvml.note)
     if device == "cpu":
         return PreflightResult(cuda_usable=False, reason="profile.device is cpu: CUDA checks skipped", **base,
                                seconds=time.perf_counter() - started)
     if not nvml.readings and device == "auto":
-        return PreflightResult(cuda_usable=False, reason=f"no NVIDIA GPU: {nvml.note}", **base,
+        return PreflightResult(cuda_usable=False, reason="no NVIDIA GPU", **base,
                                seconds=time.perf_counter() - started)
     facts = _probe_cuda(settings.guard.probe_timeout_s)
     error = facts.pop("error", None)

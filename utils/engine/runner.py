@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from models.contract import PageResult, ResultKey, RunOptions, TokenCallback
 from utils.documents.reader import Document, DocumentError
-from utils.engine.loader import Loader
+from utils.engine.loader import Loader, WaitCallback
 from utils.engine.pool import ModelUnavailable
 from utils.messages import one_line
 
@@ -49,8 +49,9 @@ def _has_text(result: PageResult) -> bool:
 def run_pages(loader: Loader, document: Document, pages: Sequence[int], model: str, task: str,
               options: RunOptions | None = None, *, on_page: PageStarted | None = None,
               on_token: TokenCallback | None = None, stop: threading.Event | None = None,
-              warnings: Sequence[str] = ()) -> Iterator[PageOutcome]:
+              warnings: Sequence[str] = (), on_wait: WaitCallback | None = None) -> Iterator[PageOutcome]:
     """Yield one PageOutcome per page, in order. Stops before the next page once `stop` is set.
+    `on_wait(n)` hears how many requests are ahead of a page while it waits for its worker.
 
     `warnings` apply to every page of this run (e.g. pages of the selection past the end); each
     result's warnings are the document's notes, the page's rendering warnings, these, then the model's.
@@ -73,7 +74,7 @@ def run_pages(loader: Loader, document: Document, pages: Sequence[int], model: s
         started = time.perf_counter()
         try:
             result = loader.run(model, page.image, task, options, on_token=on_token, page=index,
-                                source=document.name)
+                                source=document.name, on_wait=on_wait)
         except ModelUnavailable:
             raise
         except Exception as exc:  # this page failed; the next one may well succeed

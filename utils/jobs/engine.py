@@ -8,7 +8,8 @@ pending: none is redone, none is stored twice.
 
 Classic engines run on N worker processes at once (one Loader, hence one guarded worker, per thread
 here; default N = the cores this process may use). A model with weights (a VLM) runs on one worker:
-on a GPU one model instance is all the memory holds.
+on a GPU one model instance is all the memory holds. A model on a server (`backend: openai`) gets
+as many threads as its `server.concurrency`, sharing one loader.
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def runs_in_parallel(spec: ModelSpec) -> bool:
 
 
 def worker_count(spec: ModelSpec, requested: int | None) -> int:
+    if spec.backend == "openai" and spec.server is not None:
+        return spec.server.concurrency  # pages in flight to the server, all through one loader
     if not runs_in_parallel(spec):
         return 1
     return max(1, requested if requested is not None else available_cores())
@@ -253,7 +256,13 @@ def run_job(store: Store, job_id: int, settings: Settings, *, workers: int | Non
                 continue
             spec = settings.model(model)
             count = min(worker_count(spec, workers), len(pending))
-            if shared_loader is not None and not runs_in_parallel(spec):
+            if spec.backend == "openai":
+                # One loader takes pages from every thread at once; its client holds the server's limit.
+                served = shared_loader or Loader(settings)
+                if shared_loader is None:
+                    own_loaders.append(served)
+                loaders = [served] * count
+            elif shared_loader is not None and not runs_in_parallel(spec):
                 loaders = [shared_loader]
             else:
                 worker_settings = _cpu_settings(settings) if runs_in_parallel(spec) else settings

@@ -114,10 +114,35 @@ def _v1(con: sqlite3.Connection) -> None:
             con.execute(statement)
 
 
+# Conversations about documents (the Chat page, `cli.py chat`); `turns` is the list of turns as JSON,
+# rewritten after each answer, so a chat is continued by reading it and saving it back.
+V2 = [
+    """CREATE TABLE chats (
+        id INTEGER PRIMARY KEY,
+        model TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        document_name TEXT NOT NULL,
+        pages TEXT NOT NULL,
+        image_pages TEXT NOT NULL,
+        context_model TEXT,
+        context TEXT NOT NULL DEFAULT '',
+        max_pixels INTEGER,
+        turns TEXT NOT NULL DEFAULT '[]',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL)""",
+    "CREATE INDEX chats_updated ON chats(updated_at DESC, id DESC)",
+]
+
+
+def _v2(con: sqlite3.Connection) -> None:
+    for statement in V2:
+        con.execute(statement)
+
+
 # A user's edit of a recognised text, kept beside the result (never changing it): the newest one counts,
 # none means the recognised text stands. A workspace is one browser session's documents, selections and
 # results (ids into `results`), so that a refresh or a server restart can bring it back.
-V2 = [
+V3 = [
     """CREATE TABLE corrections (
         id INTEGER PRIMARY KEY,
         result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
@@ -132,12 +157,12 @@ V2 = [
 ]
 
 
-def _v2(con: sqlite3.Connection) -> None:
-    for statement in V2:
+def _v3(con: sqlite3.Connection) -> None:
+    for statement in V3:
         con.execute(statement)
 
 
-MIGRATIONS = (_v1, _v2)
+MIGRATIONS = (_v1, _v2, _v3)
 VERSION = len(MIGRATIONS)
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 from models.contract import PageResult, ResultKey, RunOptions
 from utils.config import ROOT, DocumentLimits, Settings
 from utils.documents.reader import Document, DocumentError, open_document
+from utils.store.chats import Chats
 from utils.store.jobs import Jobs
 from utils.store.schema import migrate
 
@@ -134,6 +135,7 @@ class Store:
             self.has_fts = con.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'results_fts'").fetchone() is not None
         self.jobs = Jobs(self)
+        self.chats = Chats(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:

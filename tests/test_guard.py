@@ -9,6 +9,7 @@ import textwrap
 import threading
 import time
 import types
+from collections.abc import Callable
 from multiprocessing import Pipe
 
 import psutil
@@ -19,11 +20,11 @@ from models.contract import PageResult, RunOptions
 from tests.conftest import ROOT, render_text_page
 from utils.config import Settings, cached_settings
 from utils.engine import fault_injection, gpu, preflight
-from utils.engine.fault_injection import FaultInjector
 from utils.engine.guard import RequestFailed
 from utils.engine.loader import Loader
 from utils.engine.pool import ModelUnavailable
-from utils.engine.worker import Outcome, Reply, _serve, await_reply, classify, image_from, send_image
+from utils.engine.protocol import Reply, classify, receive_images, send_images
+from utils.engine.worker import Outcome, _serve, await_reply
 
 LINES = ["Invoice number 4521 dated 12 March 2024", "Total amount due: 1 250 roubles"]
 
@@ -50,7 +51,8 @@ def guarded_settings(**guard) -> tuple[Settings, Settings]:
 
 def _is_worker(process: psutil.Process) -> bool:
     try:
-        return process.status() == psutil.STATUS_ZOMBIE or any("utils.engine.worker" in part for part in process.cmdline())
+        command = " ".join(process.cmdline())
+        return process.status() == psutil.STATUS_ZOMBIE or "utils.engine.worker" in command
     except psutil.ZombieProcess:  # an unreaped child: exactly what must not be left behind
         return True
     except psutil.NoSuchProcess:
@@ -68,13 +70,19 @@ def make_loader(monkeypatch):
     loaders: list[Loader] = []
     before = {p.pid for p in worker_processes()}  # e.g. the cached loader of an AppTest page test
 
-    def make(fault: str | None = None, **guard) -> Loader:
-        # Workers inherit os.environ as it is when they start.
+    def make(fault: str | None = None, edit: Callable[[Settings], None] | None = None, **guard) -> Loader:
+        """`edit` changes both profiles' settings before the loader starts."""
+        # The guard reads the variable when it is created.
         if fault:
             monkeypatch.setenv(fault_injection.ENV, fault)
         else:
             monkeypatch.delenv(fault_injection.ENV, raising=False)
-        loader = Loader(*guarded_settings(**guard))
+        profiles = guarded_settings(**guard)
+        if edit is not None:
+            profiles = tuple(profile.model_copy(deep=True) for profile in profiles)
+            for profile in profiles:
+                edit(profile)
+        loader = Loader(*profiles)
         loaders.append(loader)
         return loader
 
@@ -177,11 +185,11 @@ def test_no_kernel_image_switches_to_the_cpu_profile_for_good(make_loader, scan)
     loader = make_loader("no_kernel_image")
     result = loader.run("tesseract", scan)
     assert_read(result)
-    assert result.profile == loader.profile_name == "cpu_fallback"
+    assert result.profile == loader.profile_name == "cpu"
     [event] = loader.recovery_events()
     assert event.kind == "unsupported_arch" and event.profile == "default"
     assert "CPU profile" in event.action and "PyTorch build" in event.detail
-    assert loader.run("tesseract", scan).profile == "cpu_fallback"
+    assert loader.run("tesseract", scan).profile == "cpu"
     assert loader.system_info().fallback_reason
 
 
@@ -232,7 +240,7 @@ def test_repeated_fatal_errors_switch_to_the_cpu_profile(make_loader, scan):
     loader = make_loader("device_assert", fatal_limit=1)
     result = loader.run("tesseract", scan)
     assert_read(result)
-    assert result.profile == "cpu_fallback"
+    assert result.profile == "cpu"
     [event] = loader.recovery_events()
     assert event.kind == "cuda_fatal" and "CPU profile" in event.action
 
@@ -246,7 +254,7 @@ def test_lost_gpu_switches_to_the_cpu_profile(make_loader, scan, monkeypatch):
     loader = make_loader("illegal_address")
     result = loader.run("tesseract", scan)
     assert_read(result)
-    assert result.profile == "cpu_fallback"
+    assert result.profile == "cpu"
     [event] = loader.recovery_events()
     assert event.kind == "gpu_lost" and "NVML no longer shows the GPU" in event.detail
 
@@ -329,12 +337,12 @@ class StreamingPool:
 def test_streamed_tokens_reach_the_caller_as_they_arrive(monkeypatch):
     monkeypatch.delenv(fault_injection.ENV, raising=False)
     parent, child = Pipe()
-    worker = threading.Thread(target=_serve, args=(child, StreamingPool(), FaultInjector(None, print)))
+    worker = threading.Thread(target=_serve, args=(child, StreamingPool()))
     worker.start()
     fields = dict(model="fake", task="text", options=RunOptions(), stream=True)
     try:
         tokens: list[str] = []
-        send_image(parent, fields, Image.new("RGB", (30, 20)))
+        send_images(parent, fields, [Image.new("RGB", (30, 20))])
         outcome = Outcome("hang")
         await_reply(parent, 10, tokens.append, outcome)
         assert tokens == ["one ", "two ", "three"]
@@ -343,7 +351,7 @@ def test_streamed_tokens_reach_the_caller_as_they_arrive(monkeypatch):
         def stop(_text):  # like Streamlit stopping a script mid-stream
             raise KeyboardInterrupt
 
-        send_image(parent, fields, Image.new("RGB", (30, 20)))
+        send_images(parent, fields, [Image.new("RGB", (30, 20))])
         outcome = Outcome("hang")
         await_reply(parent, 10, stop, outcome)
         assert outcome.kind == "ok" and isinstance(outcome.callback_error, KeyboardInterrupt)
@@ -356,10 +364,19 @@ def test_streamed_tokens_reach_the_caller_as_they_arrive(monkeypatch):
 def test_pages_cross_the_pipe_unchanged(mode):
     image = Image.effect_noise((37, 23), 60).convert("L").convert(mode)
     parent, child = Pipe()
-    send_image(parent, dict(model="m", task="text", options=RunOptions(), stream=False), image)
-    copy = image_from(child.recv(), child.recv_bytes())
+    send_images(parent, dict(model="m", task="text", options=RunOptions(), stream=False), [image])
+    copy, = receive_images(child, child.recv())
     assert (copy.mode, copy.size, copy.tobytes()) == (image.mode, image.size, image.tobytes())
     assert copy.getpalette() == image.getpalette()
+
+
+def test_a_chat_carries_all_its_pages_across_the_pipe():
+    images = [Image.new("RGB", (30, 20), "red"), Image.effect_noise((11, 7), 60).convert("P"), Image.new("L", (5, 9))]
+    parent, child = Pipe()
+    send_images(parent, dict(model="m", task="chat", options=RunOptions(prompt="q"), stream=False), images)
+    copies = receive_images(child, child.recv())
+    assert [(c.mode, c.size, c.tobytes(), c.getpalette()) for c in copies] == [
+        (i.mode, i.size, i.tobytes(), i.getpalette()) for i in images]
 
 
 def test_errors_are_classified_by_code_then_message():
@@ -397,6 +414,7 @@ def test_bad_fault_spec_is_a_clear_error(make_loader, scan):
     loader = make_loader("meltdown")
     with pytest.raises(ValueError, match="OCR_FAULT_INJECT='meltdown'"):
         loader.run("tesseract", scan)
+    assert [w.state for w in loader.system_info().workers] == ["not started"] * 2  # decided by the parent
 
 
 def test_a_local_model_path_applies_to_both_profiles_and_restarts_the_worker(scan):
@@ -412,3 +430,102 @@ def test_a_local_model_path_applies_to_both_profiles_and_restarts_the_worker(sca
         assert loader.system_info().worker_pid != before
     finally:
         loader.close()
+
+
+def test_the_fault_count_spans_requests_and_respawns(make_loader, scan):
+    """The parent counts: `device_assert:3` faults the first request twice (poison) and the next once."""
+    loader = make_loader("device_assert:3")
+    assert loader.system_info().faults_left == 3
+    with pytest.raises(RequestFailed, match="poison request"):
+        loader.run("tesseract", scan)
+    assert loader.system_info().faults_left == 1
+    assert_read(loader.run("tesseract", scan))  # faulted once more, retried on a fresh worker
+    assert_read(loader.run("tesseract", scan))
+    assert kinds(loader) == ["cuda_fatal"] * 3
+    assert loader.system_info().fault_injection == "device_assert" and loader.system_info().faults_left == 0
+
+
+def _slow_vlm(folder) -> Callable[[Settings], None]:
+    """A VLM that is not downloaded (its folder does not exist) and gives up on a hang after 8 s."""
+    def edit(settings: Settings) -> None:
+        spec = settings.model("qwen_vl_2b")
+        spec.local_path, spec.timeout_s = str(folder / "missing"), 8
+    return edit
+
+
+def _in_thread(call) -> tuple[threading.Thread, dict]:
+    done: dict = {}
+
+    def target():
+        try:
+            done["result"] = call()
+        except Exception as exc:
+            done["error"] = exc
+        done["at"] = time.monotonic()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, done
+
+
+def _until(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_cpu_engine_does_not_wait_behind_a_gpu_model(make_loader, scan, tmp_path):
+    """The first request (a VLM) hangs in the models worker; Tesseract pages still come back at once,
+    and a second VLM request learns that one request is ahead of it."""
+    loader = make_loader("hang", edit=_slow_vlm(tmp_path))
+    hung, hung_done = _in_thread(lambda: loader.run("qwen_vl_2b", scan))
+    _until(lambda: loader.system_info().faults_left == 0)  # the hang was sent with that request
+    hung_since = time.monotonic()
+    assert loader.requests_ahead("qwen_vl_2b") == 1 and loader.requests_ahead("tesseract") == 0
+
+    told: list[int] = []
+    queued, queued_done = _in_thread(lambda: loader.run("qwen_vl_2b", scan, on_wait=told.append))
+    _until(lambda: told == [1])
+    assert loader.requests_ahead("qwen_vl_2b") == 2
+
+    for _ in range(2):
+        started = time.monotonic()
+        assert_read(loader.run("tesseract", scan))
+        assert time.monotonic() - started < 8
+    assert hung.is_alive() and queued.is_alive() and time.monotonic() - hung_since < 8
+
+    hung.join(60)
+    queued.join(60)
+    assert isinstance(hung_done["error"], ModelUnavailable)  # retried on a fresh worker after the hang
+    assert isinstance(queued_done["error"], ModelUnavailable)
+    assert told == [1, 0] and queued_done["at"] >= hung_done["at"]
+    assert kinds(loader) == ["hang"] and loader.recovery_events()[0].model == "qwen_vl_2b"
+    workers = {w.lane: w for w in loader.system_info().workers}
+    assert workers["CPU engines"].resident_models == ["tesseract"] and workers["CPU engines"].state == "running"
+    assert workers["models"].pid != workers["CPU engines"].pid
+
+
+def test_cpu_engines_stay_resident_together(make_loader, scan):
+    loader = make_loader()
+    loader.run("tesseract", scan)
+    loader.run("rapidocr", scan)
+    pid = loader.system_info().worker_pid
+    assert sorted(loader.resident_models) == ["rapidocr", "tesseract"]
+    result = loader.run("tesseract", scan)
+    assert result.load_seconds is None and loader.system_info().worker_pid == pid  # no reload
+
+
+def test_requests_for_one_worker_are_served_in_order(make_loader, scan):
+    loader = make_loader()
+    loader.run("tesseract", scan)  # started and loaded: the order below is the queue's, not start-up's
+    finished: list[int] = []
+    threads = []
+    for index in range(4):
+        thread = threading.Thread(target=lambda i=index: (loader.run("tesseract", scan), finished.append(i)))
+        thread.start()
+        threads.append(thread)
+        _until(lambda n=index: loader.requests_ahead("tesseract") == n + 1)
+    for thread in threads:
+        thread.join(60)
+    assert finished == [0, 1, 2, 3]

@@ -1,0 +1,1 @@
+"""What the classic CPU engines (Tesseract, RapidOCR) share: language data, script detection, page layout."""

@@ -1,0 +1,149 @@
+"""Chat page: ask a VLM questions about a document's pages, turn by turn, answers streamed.
+
+Each turn goes through the same Loader (guard, worker) as OCR. The conversation is kept in the
+results store after every answer; History lists the chats and reopens one here to continue it.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from pages.ui.common import (
+    UPLOAD_TYPES,
+    TokenView,
+    get_loader,
+    model_catalog,
+    model_label,
+    open_upload,
+    require_app_shell,
+)
+from pages.ui.stored import get_store
+from utils.chat import ask, seen_line, start_chat
+from utils.documents.reader import Document, DocumentError
+from utils.engine.loader import ModelStatus
+from utils.messages import one_line
+from utils.store import Chat
+
+REOPEN = "chat_reopen"  # set by History: the id of a kept chat to continue here
+
+
+def _offer_chat_models(current: ModelStatus, catalog: list[ModelStatus]) -> None:
+    st.warning(f"{current.label} cannot chat: it only recognises text. Pick a vision-language model:")
+    able = [s for s in catalog if s.chats]
+    if not able:
+        st.info("No model that can chat is configured (config.yaml: a VLM entry with `chat` in its tasks).")
+    for status in able:
+        left, right = st.columns([3, 1])
+        left.markdown(f"**{status.label}** (`{status.name}`) — {model_label(status).rsplit(' — ', 1)[-1]}"
+                      + ("" if status.availability.available else f": {status.availability.reason}"))
+        if right.button(f"Chat with {status.label}", key=f"chat_pick_{status.name}"):
+            st.session_state["model"] = status.name
+            st.rerun()
+
+
+def _reopen() -> None:
+    chat_id = st.session_state.pop(REOPEN, None)
+    if chat_id is None:
+        return
+    store = get_store()
+    chat = store.chats.get(chat_id)
+    if chat is None:
+        st.warning("That chat was deleted meanwhile.")
+        return
+    st.session_state["chat"] = chat
+    st.session_state["chat_document"] = store.open_document(chat.digest, chat.document_name)
+
+
+def _new_chat_source() -> tuple[Document, list[int], list[str]] | None:
+    uploaded = st.file_uploader("Document", type=UPLOAD_TYPES, key="chat_upload")
+    if uploaded is None:
+        st.info("Upload a page or a document, then ask about it below.")
+        return None
+    document = open_upload(uploaded)
+    if document is None:
+        return None
+    pages = st.text_input("Pages", value="1" if document.page_count > 1 else "",
+                          help='like "1-3,7"; empty: all pages', key="chat_pages")
+    try:
+        selection = document.select(pages or None)
+    except DocumentError as exc:
+        st.error(str(exc))
+        return None
+    return document, list(selection.indices), list(selection.warnings)
+
+
+def _show(chat: Chat) -> None:
+    for turn in chat.turns:
+        with st.chat_message(turn.role):
+            st.markdown(turn.text or "*(empty answer)*")
+            if turn.role == "assistant" and turn.tokens:
+                st.caption(f"{turn.tokens} tokens · {turn.seconds or 0:.1f} s")
+            for warning in turn.warnings:
+                st.caption(f"⚠ {warning}")
+
+
+def main() -> None:
+    require_app_shell("pages/chat.py")
+    st.title("Chat")
+    _reopen()
+    catalog = model_catalog()
+    by_name = {s.name: s for s in catalog}
+    chat: Chat | None = st.session_state.get("chat")
+    document: Document | None = st.session_state.get("chat_document")
+    if chat is not None and st.button("New chat", icon=":material/add_comment:"):
+        st.session_state.pop("chat", None)
+        st.session_state.pop("chat_document", None)
+        st.rerun()
+    if chat is None:
+        current = by_name[st.session_state["model"]]
+        if not current.chats:
+            _offer_chat_models(current, catalog)
+            return
+        if not current.availability.available:
+            st.info(f"{current.label} is {current.availability.status}: see the sidebar to make it available.")
+            return
+        source = _new_chat_source()
+        if source is None:
+            return
+        document, pages, notes = source
+        model = current.name
+    else:
+        model, pages, notes = chat.model, chat.pages, []
+        st.caption(f"Continuing chat {chat.id} about {chat.document_name} with {model}")
+        if document is None:
+            st.warning("The document of this chat is no longer kept (store.max_files_mb): it can be read, "
+                       "not continued.")
+    if chat is not None:
+        st.caption(f"What the model sees: {seen_line(chat)}")
+    for note in notes + st.session_state.get("chat_notes", []):
+        st.caption(f"⚠ {note}")
+    if chat is not None:
+        _show(chat)
+    longest = st.number_input("Longest answer (tokens)", min_value=8, max_value=8192, value=1024, step=64,
+                              key="chat_max_tokens")
+    question = st.chat_input("Ask about the document", disabled=document is None, key="chat_question")
+    if not question or document is None:
+        return
+    loader, store = get_loader(), get_store()
+    if chat is None:
+        try:
+            with st.spinner("Reading the pages not sent as images…"):
+                chat, notes = start_chat(loader, document, pages, model, store)
+        except Exception as exc:  # the engine for the other pages failed, or the model cannot chat
+            st.error(one_line(exc))
+            return
+        st.session_state["chat"], st.session_state["chat_document"] = chat, document
+        st.session_state["chat_notes"] = notes
+        st.caption(f"What the model sees: {seen_line(chat)}")
+    with st.chat_message("user"):
+        st.markdown(question)
+    with st.chat_message("assistant"):
+        view = TokenView(st.empty(), tail=4000)
+        try:
+            ask(loader, document, chat, question, view, store, max_new_tokens=int(longest))
+        except Exception as exc:  # out of memory, a worker that died twice: one line, the turns so far kept
+            st.error(f"{model}: {one_line(exc)}")
+            return
+    st.rerun()  # draw the kept turns the same way as after a reopen
+
+
+main()

@@ -1,0 +1,271 @@
+"""Extract page: a template's fields (invoice, receipt, passport, ...) out of documents, as an
+editable table beside the page with each field's box, corrections by hand, JSON / CSV export.
+UI only: extraction runs through utils.extraction and the loader."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+from PIL import Image, ImageDraw
+
+from pages.ui.common import (
+    UPLOAD_TYPES,
+    get_loader,
+    model_catalog,
+    open_upload,
+    page_image,
+    require_app_shell,
+)
+from utils.documents.reader import Document, parse_page_selection
+from utils.extraction import templates as template_files
+from utils.extraction.extract import engine_kind, extract_document
+from utils.extraction.normalise import NotAValue
+from utils.extraction.result import Correction, Extraction, correct, to_csv
+from utils.extraction.templates import Template, TemplateSet, load_templates
+from utils.messages import one_line
+
+FIELD_COLOUR = (230, 85, 13)
+EDITABLE = "Value"
+
+ResultKey = tuple[str, str, str]  # (document key, template name, model)
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def _templates(directory: str, models: tuple[str, ...]) -> TemplateSet:
+    """Read again every few seconds, so an edited template file shows without a restart."""
+    return load_templates(directory, known_models=models)
+
+
+def _results() -> dict[ResultKey, Extraction]:
+    return st.session_state.setdefault("extract_results", {})
+
+
+def _corrections() -> dict[ResultKey, list[Correction]]:
+    return st.session_state.setdefault("extract_corrections", {})
+
+
+def keep_corrections(key: ResultKey, extraction: Extraction, corrections: list[Correction]) -> None:
+    """Keep a corrected extraction and the corrections that made it.
+
+    The one place corrections are written: the session for now; the results store takes them
+    here (key: document key, template, model)."""
+    _results()[key] = extraction
+    _corrections().setdefault(key, []).extend(corrections)
+
+
+def _editor_version(key: ResultKey) -> int:
+    """Bumped whenever the values change underneath the table, so it shows them afresh."""
+    return st.session_state.setdefault("extract_editor_versions", {}).get(key, 0)
+
+
+def _bump_editor(key: ResultKey) -> None:
+    versions = st.session_state.setdefault("extract_editor_versions", {})
+    versions[key] = versions.get(key, 0) + 1
+
+
+def _run(documents: list[Document], selection: str, template: Template, model: str) -> None:
+    loader = get_loader()
+    failed = 0
+    with st.status(f"Extracting {template.label} fields with {model}…", expanded=True) as status:
+        bar = st.progress(0.0)
+        live = st.empty()
+        for number, document in enumerate(documents):
+            streamed: list[str] = []
+
+            def show_token(piece: str, streamed: list[str] = streamed) -> None:
+                streamed.append(piece)
+                live.code("".join(streamed)[-2000:], language=None)
+
+            def on_page(done: int, total: int, index: int, document: Document = document,
+                        number: int = number) -> None:
+                bar.progress((number + done / total) / len(documents),
+                             text=f"{document.name}: page {index + 1} ({done + 1} of {total})")
+
+            try:
+                pages = parse_page_selection(selection, document.page_count)
+                extraction = extract_document(loader, document, template, model, pages, on_page=on_page,
+                                              on_token=show_token)
+            except Exception as exc:  # one line for the user; earlier results stay
+                st.error(f"{document.name}: {one_line(exc)}")
+                failed += 1
+                continue
+            key = (document.digest, template.name, model)
+            _results()[key] = extraction
+            _corrections().pop(key, None)
+            _bump_editor(key)
+        live.empty()
+        bar.progress(1.0)
+        status.update(label=f"Extracted {len(documents) - failed} of {len(documents)} document(s)",
+                      state="error" if failed == len(documents) else "complete", expanded=bool(failed))
+
+
+def _display(value, kind: str = "string") -> str:
+    if value is None:
+        return ""
+    return f"{value:.2f}" if kind == "amount" and isinstance(value, float) else str(value)
+
+
+def _table(template: Template, extraction: Extraction) -> pd.DataFrame:
+    rows = []
+    for name, spec in template.fields.items():
+        field = extraction.fields.get(name)
+        rows.append({"Field": name, EDITABLE: _display(field.value if field else None, spec.type), "Type": spec.type,
+                     "Required": spec.required, "Read from": (field.source or "") if field else "",
+                     "Page": (field.page + 1) if field and field.page is not None else None,
+                     "Corrected": bool(field and field.corrected)})
+    return pd.DataFrame(rows)
+
+
+def draw_fields(image: Image.Image, extraction: Extraction, page: int) -> Image.Image:
+    """The page with the box of every field read from it, named."""
+    canvas = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(canvas)
+    width = max(2, round(max(canvas.size) / 500))
+    for name, field in extraction.fields.items():
+        if field.bbox is None or field.page != page or field.value is None:
+            continue
+        x1, y1, x2, y2 = field.bbox
+        pad = width * 2
+        draw.rectangle((x1 - pad, y1 - pad, x2 + pad, y2 + pad), outline=FIELD_COLOUR, width=width)
+        draw.text((x1, max(0, y1 - pad - 12 * width)), name, fill=FIELD_COLOUR,
+                  font_size=max(12, 6 * width))
+    return canvas
+
+
+def _apply_edits(key: ResultKey, template: Template, extraction: Extraction, edited: pd.DataFrame) -> None:
+    """Corrections typed into the table: normalised and kept, or one line saying why not."""
+    corrections: list[Correction] = []
+    for _, row in edited.iterrows():
+        name, typed = row["Field"], row[EDITABLE]
+        typed = "" if typed is None or (isinstance(typed, float) and pd.isna(typed)) else str(typed)
+        kind = template.fields[name].type
+        if typed == _display(extraction.values().get(name), kind):
+            continue
+        try:
+            extraction, correction = correct(template, extraction, name, typed)
+        except NotAValue as exc:
+            st.error(f"{exc} — kept {_display(extraction.values().get(name), kind) or 'no value'}")
+            continue
+        corrections.append(correction)
+    if corrections:
+        keep_corrections(key, extraction, corrections)
+        _bump_editor(key)
+        st.rerun()
+
+
+def _show(key: ResultKey, template: Template, document: Document, extraction: Extraction) -> None:
+    if extraction.error:
+        st.error(f"{document.name}: {extraction.error}")
+        return
+    for problem in extraction.problems:
+        st.warning(problem)
+    read_pages = extraction.pages or [0]
+    page = read_pages[0]
+    left, right = st.columns([1, 1])
+    with right:
+        st.caption(f"{extraction.found()} of {len(template.fields)} fields found · edit a value to correct it")
+        edited = st.data_editor(
+            _table(template, extraction), key=f"fields_{'_'.join(key)}_{_editor_version(key)}", hide_index=True,
+            width="stretch", disabled=[c for c in ("Field", "Type", "Required", "Read from", "Page", "Corrected")],
+            column_config={EDITABLE: st.column_config.TextColumn(EDITABLE, help="dates as 2024-03-12 or "
+                                                                 "12 марта 2024; amounts as 1 234,56 or 1,234.56")})
+        _apply_edits(key, template, extraction, edited)
+        kept = _corrections().get(key, [])
+        if kept:
+            with st.expander(f"{len(kept)} correction(s) kept"):
+                st.dataframe(pd.DataFrame([c.model_dump() for c in kept]), hide_index=True)
+        if extraction.answers:
+            with st.expander("What the model answered"):
+                for answer in extraction.answers:
+                    st.code(answer or "(empty)", language=None)
+    with left:
+        if len(read_pages) > 1:
+            page = st.selectbox("Page", read_pages, format_func=lambda i: f"Page {i + 1}")
+        image = page_image(document, page)
+        if image is not None:
+            st.image(draw_fields(image, extraction, page), caption=f"{document.name}, page {page + 1}",
+                     width="stretch")
+
+
+def _downloads(template: Template, model: str, document: Document, extraction: Extraction) -> None:
+    stem = Path(document.name).stem
+    batch = [e for (doc, name, used), e in _results().items() if name == template.name and used == model]
+    cols = st.columns(4)
+    cols[0].download_button("⬇ JSON", json.dumps(extraction.to_json(), ensure_ascii=False, indent=2),
+                            file_name=f"{stem}_{template.name}.json", mime="application/json", key="dl_extract_json")
+    cols[1].download_button("⬇ CSV", to_csv(template, [extraction]), file_name=f"{stem}_{template.name}.csv",
+                            mime="text/csv", key="dl_extract_csv")
+    if len(batch) > 1:
+        cols[2].download_button(f"⬇ JSON (all {len(batch)})", json.dumps(
+            {"template": template.name, "model": model, "documents": [e.to_json() for e in batch]},
+            ensure_ascii=False, indent=2), file_name=f"{template.name}_{model}.json", mime="application/json",
+            key="dl_extract_json_all")
+        cols[3].download_button(f"⬇ CSV (all {len(batch)})", to_csv(template, batch),
+                                file_name=f"{template.name}_{model}.csv", mime="text/csv", key="dl_extract_csv_all")
+
+
+def main() -> None:
+    require_app_shell("pages/extract.py")
+    st.title("Extract fields")
+    catalog = {s.name: s for s in model_catalog()}
+    model = st.session_state.get("model")
+    if model not in catalog:
+        st.info("No model is available. Open the System page to see why.")
+        return
+    status = catalog[model]
+    found = _templates(str(template_files.TEMPLATES_DIR), tuple(catalog))
+    for error in found.errors:
+        st.error(f"Template not loaded: {error}")
+    if not found.templates:
+        st.info("No document template could be loaded.")
+        return
+    names = list(found.templates)
+    top = st.columns([2, 3])
+    name = top[0].selectbox("Template", names, format_func=lambda n: found.templates[n].label,
+                            index=names.index("invoice") if "invoice" in names else 0, key="extract_template")
+    template = found.templates[name]
+    how = ("asked for JSON matching the template" if engine_kind(get_loader(), model) == "vlm"
+           else "fields found by their labels in the recognised text")
+    top[1].caption(f"{template.description}  \n**{status.label}**: {how}.")
+    with st.expander(f"Fields of {template.label}"):
+        st.dataframe(pd.DataFrame([{"field": n, "type": f.type, "required": f.required, "description": f.description,
+                                    "labels": ", ".join(f.labels)} for n, f in template.fields.items()]),
+                     hide_index=True)
+
+    uploads = st.file_uploader("Scans or PDFs", type=UPLOAD_TYPES, accept_multiple_files=True,
+                               help="PNG, JPEG, TIFF, WebP, BMP, GIF or PDF", key="extract_uploads")
+    if not uploads:
+        st.caption("Upload one or more documents to start.")
+        return
+    documents = [d for d in (open_upload(u) for u in uploads) if d is not None]
+    if not documents:
+        return
+    by_name = {d.name: d for d in documents}
+    document = by_name[st.selectbox("Document", list(by_name), key="extract_document")] if len(documents) > 1 \
+        else documents[0]
+    selection = st.text_input("Pages to read", "1", help='Like "1-3,7"; empty = all pages', key="extract_pages") \
+        if any(d.page_count > 1 for d in documents) else "1"
+
+    buttons = st.columns([1, 1, 3])
+    available = status.availability.available
+    if buttons[0].button(f"Extract with {status.label}", type="primary", disabled=not available, key="extract_run"):
+        _run([document], selection, template, model)
+    if len(documents) > 1 and buttons[1].button(f"Extract all {len(documents)}", disabled=not available,
+                                                key="extract_run_all"):
+        _run(documents, selection, template, model)
+
+    key = (document.digest, template.name, model)
+    extraction = _results().get(key)
+    if extraction is None:
+        image = page_image(document, 0)
+        if image is not None:
+            st.image(image, caption=f"{document.name} — not extracted yet with {status.label}", width="stretch")
+        return
+    _show(key, template, document, extraction)
+    st.subheader("Download")
+    _downloads(template, model, document, extraction)
+
+
+main()

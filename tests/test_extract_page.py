@@ -1,0 +1,95 @@
+"""The Extract page driven headless through AppTest: Tesseract on generated invoices, corrections, exports."""
+from __future__ import annotations
+
+import random
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from benchmarks.invoices import make_invoice
+from tests.conftest import png_bytes, render_text_page
+from utils.extraction.templates import TEMPLATES_DIR
+
+
+@pytest.fixture(scope="module")
+def invoices():
+    made = {}
+    for name, language, layout, seed in (("en.png", "en", "lines", 2), ("ru.png", "ru", "title_line", 1)):
+        image, truth = make_invoice(random.Random(seed), language=language, layout=layout, degrade=False)
+        made[name] = (png_bytes(image), truth)
+    return made
+
+
+def start(app_test, uploads: dict[str, bytes]) -> AppTest:
+    at = app_test()
+    at.switch_page("pages/extract.py").run()
+    assert not at.exception, at.exception
+    for name, data in uploads.items():
+        at.file_uploader(key="extract_uploads").upload(name, data, "image/png")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def table(at: AppTest) -> dict[str, str]:
+    frame = at.data_editor[0].value
+    return dict(zip(frame["Field"], frame["Value"]))
+
+
+def edit(at: AppTest, field: str, value: str) -> AppTest:
+    editor = at.data_editor[0]
+    row = list(editor.value["Field"]).index(field)
+    at.session_state[editor.key] = {"edited_rows": {row: {"Value": value}}, "added_rows": [], "deleted_rows": []}
+    return at.run()
+
+
+def test_extract_correct_and_download(app_test, invoices):
+    data, truth = invoices["en.png"]
+    at = start(app_test, {"en.png": data})
+    assert at.selectbox(key="extract_template").value == "invoice"
+    at.button(key="extract_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    values = table(at)
+    assert (values["number"], values["date"], float(values["total"])) == (truth.number, truth.date, truth.total)
+    assert [d.label for d in at.download_button] == ["⬇ JSON", "⬇ CSV"]
+
+    edit(at, "date", "1 апреля 2024")  # a correction in any written form is kept as ISO
+    assert not at.error, [e.value for e in at.error]
+    assert table(at)["date"] == "2024-04-01"
+    (extraction,) = at.session_state["extract_results"].values()
+    assert extraction.fields["date"].corrected and extraction.fields["date"].value == "2024-04-01"
+    (corrections,) = at.session_state["extract_corrections"].values()
+    assert [(c.field, c.before, c.after) for c in corrections] == [("date", truth.date, "2024-04-01")]
+
+    edit(at, "total", "a lot")  # a bad correction is one line and the value stays
+    assert [e.value for e in at.error] == [f"total: 'a lot' is not an amount — kept {truth.total:.2f}"]
+    (extraction,) = at.session_state["extract_results"].values()
+    assert extraction.fields["total"].value == truth.total and not at.exception
+
+
+def test_a_document_without_fields_warns_and_the_others_keep_their_results(app_test, invoices):
+    letter = png_bytes(render_text_page(["Dear colleagues,", "see you on Monday."]))
+    at = start(app_test, {"ru.png": invoices["ru.png"][0], "letter.png": letter})
+    at.button(key="extract_run_all").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(at.session_state["extract_results"]) == 2
+    labels = [d.label for d in at.download_button]
+    assert "⬇ CSV (all 2)" in labels and "⬇ JSON (all 2)" in labels
+    at.selectbox(key="extract_document").set_value("letter.png").run()
+    assert [w.value for w in at.warning] == ["no Invoice / Счёт fields recognised"]
+    at.selectbox(key="extract_document").set_value("ru.png").run()
+    assert not at.warning and table(at)["number"] == invoices["ru.png"][1].number
+
+
+def test_a_broken_template_is_one_line_and_the_others_still_work(app_test, invoices, tmp_path, monkeypatch):
+    shutil.copy(TEMPLATES_DIR / "invoice.yaml", tmp_path)
+    (tmp_path / "bill.yaml").write_text("label: Bill\nfields:\n  total: {type: money, description: T}\n",
+                                        encoding="utf-8")
+    monkeypatch.setattr("utils.extraction.templates.TEMPLATES_DIR", tmp_path)
+    at = start(app_test, {"en.png": invoices["en.png"][0]})
+    assert [e.value for e in at.error] == ["Template not loaded: bill.yaml: fields.total.type: Input should be "
+                                           "'string', 'date', 'amount' or 'integer', got 'money'"]
+    assert at.selectbox(key="extract_template").options == ["Invoice / Счёт"]
+    at.button(key="extract_run").click().run()
+    assert table(at)["number"] == invoices["en.png"][1].number

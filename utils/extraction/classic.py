@@ -1,0 +1,453 @@
+"""Fields out of a classic engine's OCR: labels found in the recognised lines, values beside or below.
+
+For each field, its labels (the template's, plus the engine's hints) are looked for in every line.
+Where labels overlap the longest wins ("Due date" over "Date", "Итого без НДС" over "Итого"). The
+value is looked for in the text after the label up to the next label on that line; failing that,
+in the line to its right on the same row (label and value columns), then in the line just below
+it (label above value). A neighbour line counts only when it holds the value and nothing else that
+looks like another value. Labels and text are compared with case, "ё", and Latin/Cyrillic look-alike
+letters folded (OCR mixes the two scripts), so "Cчёт" with a Latin C still matches "Счёт".
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from models.contract import PageResult
+from utils.extraction.normalise import Found, find_value, normalise
+from utils.extraction.result import ExtractedField
+from utils.extraction.templates import Template, TemplateField
+
+Box = tuple[float, float, float, float]
+
+# One character each way, so positions in the folded text are positions in the original.
+_LOOKALIKES = str.maketrans({"а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+                             "т": "t", "у": "y", "х": "x"})
+
+
+def _base(ch: str) -> str:
+    """A letter without its accent ("é" -> "e", "ё" -> "е", "й" -> "и"): OCR adds and drops them."""
+    lowered = ch.lower()
+    if len(lowered) != 1:
+        return ch
+    return unicodedata.normalize("NFD", lowered)[0] if not lowered.isascii() else lowered
+
+
+def fold(text: str) -> str:
+    """Lower case, accents dropped, look-alike Cyrillic letters as Latin ones; as long as `text`."""
+    return "".join(_base(ch) for ch in text).translate(_LOOKALIKES)
+
+
+# How OCR reads "№": N°, Nº, No, No., Ne, N2, Ns, #.
+_NUMERO = r"(?:№|n[o0°ºe2s]\.?|#)"
+_DASH = r"\s*[-‐‑–—]?\s*"
+
+
+def label_regex(label: str) -> str:
+    """A label as a pattern over folded text: inner spaces and dots optional, dashes and "№" as OCR
+    reads them; never the middle of a word, and "1." never the start of "1.5"."""
+    label = label.strip()
+    if label == "№":  # alone, only the sign itself: "No" and "#" are everywhere in English text
+        return r"(?<![^\W\d_])(?:№|n[°º])(?![^\W\d_])"
+    parts = []
+    for position, ch in enumerate(fold(label)):
+        if ch == " ":
+            parts.append(r"[\s.,:;'’`\"-]*")
+        elif ch == "." and position < len(label) - 1:
+            parts.append(r"\.?")
+        elif ch == "-":
+            parts.append(_DASH)
+        elif ch == "№":
+            parts.append(r"\s*" + _NUMERO)
+        else:
+            parts.append(re.escape(ch))
+    before = r"(?<!\w)" if re.match(r"[\w№]", label) else ""
+    if label.endswith("№"):
+        after = r"(?![^\W\d_])"  # "№145": digits may touch it
+    elif label.endswith("."):
+        after = r"(?!\d)"
+    elif re.search(r"\w$", label):
+        after = r"(?!\w)"
+    else:
+        after = ""
+    return before + "".join(parts) + after
+
+
+@dataclass(frozen=True)
+class Line:
+    page: int
+    text: str
+    bbox: Box
+    # (x1, x2) of each whitespace-separated word, when the page image showed them.
+    words: tuple[tuple[float, float], ...] | None = None
+
+
+def _otsu(pixels: np.ndarray) -> float:
+    """The grey level that best splits ink from paper in this crop."""
+    histogram = np.bincount(pixels.ravel(), minlength=256).astype(np.float64)
+    total = histogram.sum()
+    levels = np.arange(256)
+    weight = np.cumsum(histogram)
+    mean = np.cumsum(histogram * levels)
+    between = (mean[-1] * weight - mean * total) ** 2 / np.maximum(weight * (total - weight), 1e-9)
+    return float(np.argmax(between))
+
+
+def _ink_runs(gray: Image.Image, box: Box) -> list[tuple[int, int]]:
+    """Runs of page columns holding ink in the middle band of `box`, in page x. The band leaves out
+    the top and bottom of the box, where the lines above and below reach in."""
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    if x2 <= x1 or y2 - y1 < 3:
+        return []
+    margin = (y2 - y1) // 5
+    y1, y2 = y1 + margin, y2 - margin
+    pixels = np.asarray(gray.crop((x1, y1, x2, y2)))
+    column_ink = (pixels < _otsu(pixels)).sum(axis=0)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], (column_ink > 0).astype(np.int8), [0]))))
+    # A run with less ink than a full stop is a speck of noise, not a character.
+    return [(x1 + int(a), x1 + int(b)) for a, b in zip(edges[::2], edges[1::2])
+            if column_ink[a:b].sum() >= max(4, 0.3 * (y2 - y1))]
+
+
+def _split(lengths: list[int], widths: list[int]) -> list[int]:
+    """How many words go into each chunk so that the chunks' character counts best match their
+    widths in pixels (least squares; every chunk gets at least one word)."""
+    n, k = len(lengths), len(widths)
+    per_char = sum(widths) / max(sum(lengths) + n - k, 1)
+    prefix = [0]
+    for length in lengths:
+        prefix.append(prefix[-1] + length)
+
+    def cost(chunk: int, first: int, last: int) -> float:  # words first..last-1 in this chunk
+        chars = prefix[last] - prefix[first] + (last - first - 1)
+        return (chars * per_char - widths[chunk]) ** 2
+
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(k + 1)]
+    choice = [[0] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0.0
+    for chunk in range(1, k + 1):
+        for last in range(chunk, n - (k - chunk) + 1):
+            for first in range(chunk - 1, last):
+                total = best[chunk - 1][first] + cost(chunk - 1, first, last)
+                if total < best[chunk][last]:
+                    best[chunk][last], choice[chunk][last] = total, first
+    counts, last = [], n
+    for chunk in range(k, 0, -1):
+        first = choice[chunk][last]
+        counts.append(last - first)
+        last = first
+    return counts[::-1]
+
+
+def word_spans(gray: Image.Image, box: Box, text: str, line_height: float | None = None
+               ) -> tuple[tuple[float, float], ...] | None:
+    """Where each whitespace-separated word of a line lies along x, from the ink in its box.
+
+    OCR lines come with one box, but label and value columns need the words' places. The ink
+    falls into chunks where the blank between two runs of ink is wider than about three spaces
+    (between the columns of a table or a form); the words are shared among the chunks so that
+    character counts match widths, and placed in proportion to their characters inside their
+    chunk. `line_height` (the page's usual line box height) sets how wide a column gap is; a line
+    of digits alone has a lower box than its font size suggests. None when the box shows no ink.
+    """
+    words = text.split()
+    runs = _ink_runs(gray, box)
+    if not words or not runs:
+        return None
+    height = max(box[3] - box[1], line_height or 0.0)
+    chunks = [list(runs[0])]
+    for a, b in runs[1:]:
+        if a - chunks[-1][1] > 0.7 * height:
+            chunks.append([a, b])
+        else:
+            chunks[-1][1] = b
+    while len(chunks) > len(words):
+        gaps = [chunks[i + 1][0] - chunks[i][1] for i in range(len(chunks) - 1)]
+        narrowest = gaps.index(min(gaps))
+        chunks[narrowest:narrowest + 2] = [[chunks[narrowest][0], chunks[narrowest + 1][1]]]
+    counts = _split([len(w) for w in words], [b - a for a, b in chunks])
+    spans: list[tuple[float, float]] = []
+    index = 0
+    for (left, right), count in zip(chunks, counts):
+        group = words[index:index + count]
+        index += count
+        chars = sum(map(len, group)) + len(group) - 1
+        offset = 0
+        for word in group:
+            spans.append((left + (right - left) * offset / chars, left + (right - left) * (offset + len(word)) / chars))
+            offset += len(word) + 1
+    return tuple(spans)
+
+
+def lines_of(result: PageResult, page: int, image: Image.Image | None = None) -> list[Line]:
+    """The recognised lines of one page with their boxes (and their words' places when the page
+    image is given); the plain text's lines when the engine gave no boxes."""
+    gray = image.convert("L") if image is not None else None
+    blocks = [block for block in result.blocks if block.text.strip()]
+    usual = float(np.median([block.bbox[3] - block.bbox[1] for block in blocks])) if blocks else None
+    lines = []
+    for block in blocks:
+        words = word_spans(gray, block.bbox, block.text, usual) if gray is not None else None
+        lines.append(Line(page, block.text, block.bbox, words))
+    if lines:
+        return lines
+    return [Line(page, text, (0.0, 0.0, 0.0, 0.0)) for text in result.text.splitlines() if text.strip()]
+
+
+@dataclass(frozen=True)
+class _Label:
+    field: str | None  # None: an ignored phrase (it only ends the segment of the label before it)
+    start: int
+    end: int
+    after: str | None = None  # counts only right after a label of this field
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    # (field or None for an ignored phrase, the field a label must follow or None, pattern)
+    patterns: tuple[tuple[str | None, str | None, re.Pattern[str]], ...]
+    values: dict[str, re.Pattern[str] | None]
+
+
+def _compile(template: Template, kind: str, model: str) -> _Compiled:
+    patterns: list[tuple[str | None, str | None, re.Pattern[str]]] = []
+    values: dict[str, re.Pattern[str] | None] = {}
+    for name, spec in template.fields.items():
+        hint = spec.hint(kind, model)
+        for label in dict.fromkeys(spec.labels + hint.labels):
+            patterns.append((name, None, re.compile(label_regex(label))))
+        for before, labels in hint.after.items():
+            for label in dict.fromkeys(labels):
+                patterns.append((name, before, re.compile(label_regex(label))))
+        values[name] = re.compile(hint.pattern) if hint.pattern else None
+    for phrase in template.ignore:
+        patterns.append((None, None, re.compile(label_regex(phrase))))
+    return _Compiled(tuple(patterns), values)
+
+
+def _labels(line: Line, compiled: _Compiled) -> list[_Label]:
+    """The labels in a line, longest first where they overlap, in reading order; a label that must
+    follow another field's label and does not is dropped."""
+    folded = fold(line.text)
+    found = [_Label(name, m.start(), m.end(), after) for name, after, pattern in compiled.patterns
+             for m in pattern.finditer(folded) if m.end() > m.start()]
+    found.sort(key=lambda label: (label.start, -(label.end - label.start)))
+    kept: list[_Label] = []
+    for label in found:
+        if kept and label.start < kept[-1].end:
+            continue
+        if label.after is not None and (not kept or kept[-1].field != label.after):
+            continue
+        kept.append(label)
+    return kept
+
+
+def _x_at(line: Line, offset: int, end: bool) -> float:
+    """The x of a character offset in a line: inside its word's ink when the words' places are known,
+    else in proportion to the line's length."""
+    x1, _, x2, _ = line.bbox
+    if line.words is not None:
+        for (start, stop), (left, right) in zip(((m.start(), m.end()) for m in re.finditer(r"\S+", line.text)),
+                                                line.words):
+            if (offset < stop) if not end else (offset <= stop):
+                if offset <= start:
+                    return left
+                return left + (right - left) * (offset - start) / max(stop - start, 1)
+        return line.words[-1][1] if line.words else x2
+    return x1 + (x2 - x1) * offset / max(len(line.text), 1)
+
+
+def _span_box(line: Line, start: int, end: int) -> Box:
+    """The part of a line's box that characters start..end cover."""
+    return (_x_at(line, start, end=False), line.bbox[1], _x_at(line, end, end=True), line.bbox[3])
+
+
+def _height(box: Box) -> float:
+    return max(box[3] - box[1], 1.0)
+
+
+def _alone(kind: str, found: Found, text: str, pattern: re.Pattern[str] | None) -> bool:
+    """A neighbour line counts only when the value is all it holds (bar punctuation and a currency)."""
+    rest = (text[:found.start] + " " + text[found.end:]).strip(" \t:;,.-–—|")
+    if kind == "string":
+        return not rest or (pattern is not None and not re.search(r"\d", rest) and len(rest) <= 3)
+    return not re.search(r"\d", rest) and len(rest) <= 12
+
+
+class _Page:
+    """The lines of one page with their labels, for looking at neighbours."""
+
+    def __init__(self, lines: Sequence[Line], compiled: _Compiled):
+        self.lines = list(lines)
+        self.labels = [_labels(line, compiled) for line in self.lines]
+
+    def unlabelled_prefix(self, index: int) -> str:
+        """The text of a line before its first label (the whole line when it has none)."""
+        labels = self.labels[index]
+        return self.lines[index].text[:labels[0].start] if labels else self.lines[index].text
+
+    def beside(self, index: int, box: Box, side: str) -> list[int]:
+        """Lines on the same row as `box`, wholly to its right (or left), nearest first."""
+        x1, y1, x2, y2 = box
+        row = []
+        for other, line in enumerate(self.lines):
+            if other == index or (line.bbox[0] < x2 - 2 if side == "right" else line.bbox[2] > x1 + 2):
+                continue
+            overlap = min(y2, line.bbox[3]) - max(y1, line.bbox[1])
+            if overlap >= 0.4 * min(y2 - y1, _height(line.bbox)):  # a skewed page shifts the row a little
+                row.append(other)
+        return sorted(row, key=lambda other: self.lines[other].bbox[0], reverse=side == "left")
+
+    def below(self, index: int, box: Box) -> list[int]:
+        """The nearest line under `box` that overlaps it horizontally, when it is close. OCR boxes
+        of neighbouring lines may overlap a little, so "under" is judged by their middles."""
+        x1, y1, x2, y2 = box
+        height = _height(box)
+        middle = (y1 + y2) / 2
+        under = []
+        for other, line in enumerate(self.lines):
+            if other == index or (line.bbox[1] + line.bbox[3]) / 2 < middle + 0.6 * height:
+                continue
+            if line.bbox[1] - y2 > 1.6 * height or min(x2, line.bbox[2]) - max(x1, line.bbox[0]) <= 0:
+                continue
+            under.append(other)
+        under.sort(key=lambda other: self.lines[other].bbox[1])
+        return under[:1]
+
+
+def _column(line: Line, labels: list[_Label], left: float, right: float) -> tuple[str, int] | None:
+    """The words of a line whose middles lie between x = left and right, with the offset of the
+    first; None when there are none or a label is among them (that is another field's column)."""
+    words = [m for m in re.finditer(r"\S+", line.text)
+             if left <= (_x_at(line, m.start(), end=False) + _x_at(line, m.end(), end=True)) / 2 < right]
+    if not words:
+        return None
+    start, end = words[0].start(), words[-1].end()
+    if any(label.start < end and label.end > start for label in labels):
+        return None
+    return line.text[start:end], start
+
+
+def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
+                pattern: re.Pattern[str] | None) -> ExtractedField | None:
+    line = page.lines[index]
+    labels = page.labels[index]
+    label = labels[position]
+    following = labels[position + 1] if position + 1 < len(labels) else None
+    end = following.start if following is not None else len(line.text)
+    segment = line.text[label.end:end]
+    found = find_value(spec.type, segment, pattern=pattern, order=spec.date_order)
+    if found is not None and spec.type == "string" and re.search(r"[^\W_]", segment[:found.start]):
+        found = None  # a text value follows its label: "Счёт действителен 10 дней" is no number
+    if found is not None:
+        start = label.end + found.start
+        return ExtractedField(value=found.value, source=line.text[start:label.end + found.end].strip(),
+                              page=line.page, bbox=_span_box(line, start, label.end + found.end))
+    if re.search(r"\d|[^\W\d_]{2}", segment):
+        return None  # something else follows the label on its line (not punctuation, not a stray letter)
+    label_box = _span_box(line, label.start, label.end)
+    # Beside the label: the text of the line to its right, before any label of its own.
+    right_lines = page.beside(index, label_box, "right")
+    candidates = [(other, page.unlabelled_prefix(other), 0) for other in right_lines]
+    # Under the label: the words of the next line in this label's column, which ends where the
+    # next word on the label's row starts ("Invoice #   Date   Due date"), in its line or another.
+    words = list(re.finditer(r"\S+", line.text))
+    before = [w.end() for w in words if w.end() <= label.start]
+    after = [w.start() for w in words if w.start() >= label.end]
+    left_lines = page.beside(index, label_box, "left")
+    previous_x = _x_at(line, before[-1], end=True) if before else \
+        page.lines[left_lines[0]].bbox[2] if left_lines else None
+    # Values sit under their label, left-aligned or centred: a word a quarter of the way back
+    # towards the previous column is already that column's.
+    label_x = _x_at(line, label.start, end=False)
+    left = label_x - 0.25 * (label_x - previous_x) if previous_x is not None else float("-inf")
+    right = _x_at(line, after[0], end=False) if after else \
+        page.lines[right_lines[0]].bbox[0] if right_lines else float("inf")
+    for other in page.below(index, label_box):
+        column = _column(page.lines[other], page.labels[other], left, right)
+        if column is not None:
+            candidates.append((other, *column))
+    for other, text, offset in candidates:
+        found = find_value(spec.type, text, pattern=pattern, order=spec.date_order)
+        if found is not None and _alone(spec.type, found, text, pattern):
+            neighbour = page.lines[other]
+            return ExtractedField(value=found.value, source=text[found.start:found.end].strip(), page=neighbour.page,
+                                  bbox=_span_box(neighbour, offset + found.start, offset + found.end))
+    return None
+
+
+def find_fields(template: Template, lines: Iterable[Line], kind: str = "classic",
+                model: str = "") -> dict[str, ExtractedField]:
+    """Every template field found in the lines (of one or more pages); absent fields have value None."""
+    compiled = _compile(template, kind, model)
+    by_page: dict[int, list[Line]] = {}
+    for line in lines:
+        by_page.setdefault(line.page, []).append(line)
+    pages = {number: _Page(page_lines, compiled) for number, page_lines in sorted(by_page.items())}
+    # Every label occurrence of every field, in reading order: page, then top to bottom, left to right.
+    occurrences: dict[str, list[tuple[tuple[int, float, float, int], int, int, int]]] = {}
+    for number, page in pages.items():
+        for index, labels in enumerate(page.labels):
+            box = page.lines[index].bbox
+            for position, label in enumerate(labels):
+                if label.field is not None:
+                    order = (number, box[1], box[0], label.start)
+                    occurrences.setdefault(label.field, []).append((order, number, index, position))
+    fields: dict[str, ExtractedField] = {}
+    for name, spec in template.fields.items():
+        fields[name] = ExtractedField()
+        candidates = sorted(occurrences.get(name, []))
+        if spec.pick == "last":
+            candidates.reverse()
+        for _, number, index, position in candidates:
+            value = _value_near(pages[number], index, position, spec, compiled.values[name])
+            if value is not None:
+                fields[name] = _typed(spec, value, _mostly_cyrillic(pages[number].lines))
+                break
+    return fields
+
+
+_LATIN_LOOKS = "ABCEHKMOPTXaceopxy"
+_CYRILLIC_LOOKS = "АВСЕНКМОРТХасеорху"
+_TO_CYRILLIC = str.maketrans(_LATIN_LOOKS, _CYRILLIC_LOOKS)
+_TO_LATIN = str.maketrans(_CYRILLIC_LOOKS, _LATIN_LOOKS)
+# An O (Latin or Cyrillic) read for a zero: between digits, or before digits after a prefix of two
+# letters or more ("INVO03960"; "PO123" keeps its O).
+_O_FOR_ZERO = re.compile(r"(?<=\d)[OoОо]+(?=\d)|(?<=[^\W\d_]{2})[OoОо]+(?=\d)")
+
+
+def repair_identifier(value: str, cyrillic: bool) -> str:
+    """A code as OCR misreads it, repaired: look-alike letters in the page's script ("А-05558" with
+    a Cyrillic А on an English page), and zeros read as O ("INVO03960", "INV00O5225")."""
+    if cyrillic:
+        latin = [ch for ch in value if "a" <= ch.lower() <= "z"]
+        if latin and all(ch in _LATIN_LOOKS for ch in latin):
+            value = value.translate(_TO_CYRILLIC)
+    else:
+        foreign = [ch for ch in value if "а" <= ch.lower() <= "я" or ch in "ёЁ"]
+        if foreign and all(ch in _CYRILLIC_LOOKS for ch in foreign):
+            value = value.translate(_TO_LATIN)
+    return _O_FOR_ZERO.sub(lambda match: "0" * len(match.group()), value)
+
+
+def _mostly_cyrillic(lines: Sequence[Line]) -> bool:
+    text = " ".join(line.text for line in lines)
+    cyrillic = len(re.findall(r"[а-яёА-ЯЁ]", text))
+    return cyrillic > len(re.findall(r"[A-Za-z]", text))
+
+
+def _typed(spec: TemplateField, field: ExtractedField, cyrillic: bool) -> ExtractedField:
+    """String values cleaned like a person's entry would be (codes repaired); typed values are
+    already normalised."""
+    if spec.type != "string":
+        return field
+    value = normalise("string", field.value)
+    if spec.identifier and isinstance(value, str):
+        value = repair_identifier(value, cyrillic)
+    return field.model_copy(update={"value": value})
