@@ -6,12 +6,14 @@
 3. a run of pages 2-3 shows page 2, the strip marks the pages read, moving keeps "Pages to run";
 4. Stop ends a long run after the page being read; Run is disabled while it runs, the page stays visible,
    the phase and the elapsed time show;
-and the details: copy button, no cut-off figures at 800 px, Compare percentages.
+5. a second user's page waits behind the first user's run and says how many requests are ahead;
+and the details: copy button, no cut-off figures at 800 px.
 
 With SCREENSHOTS_DIR set, the tests save the README's screenshots (OCR, Compare, History, System) there.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -66,15 +68,23 @@ def go(tab, page: str) -> None:
 
 
 def settle(tab) -> None:
-    """Until the script has finished its run (the app shows no running indicator)."""
-    tab.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')")
+    """Until the script has finished its run and every element is drawn (no skeleton left)."""
+    tab.wait_for_function("() => document.querySelector('[data-testid=stApp]')?.dataset.testScriptState"
+                          " === 'notRunning' && !document.querySelector('[data-testid=stSkeleton]')")
 
 
-def shot(tab, name: str) -> None:
-    if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        settle(tab)
-        tab.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=False)
+def shot(tab, name: str, height: int | None = None) -> None:
+    """The README's screenshot of this page, when SCREENSHOTS_DIR says where; `height` makes the window
+    that tall for it (the app scrolls inside its own pane, which a full-page shot does not unroll)."""
+    if not SHOTS:
+        return
+    Path(SHOTS).mkdir(parents=True, exist_ok=True)
+    size = tab.viewport_size
+    if height:
+        tab.set_viewport_size({"width": size["width"], "height": height})
+    settle(tab)
+    tab.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
+    tab.set_viewport_size(size)
 
 
 def test_work_never_vanishes_across_pages_a_refresh_and_a_restart(browser, invoice, tmp_path):
@@ -99,8 +109,8 @@ def test_work_never_vanishes_across_pages_a_refresh_and_a_restart(browser, invoi
         go(tab, "Compare")
         wait_value(tab, "Reference text (optional)", reference)
         tab.get_by_role("button", name="Run 2 models").click()
-        tab.get_by_test_id("stTable").get_by_text("CER %").wait_for()
-        shot(tab, "compare")
+        tab.get_by_test_id("stTable").locator("tbody tr").nth(1).wait_for()  # both models scored
+        shot(tab, "compare", height=2200)
 
         go(tab, "OCR")
         wait_text(tab, "Invoice 4521")
@@ -185,6 +195,33 @@ def test_stop_ends_a_long_run_after_the_page_being_read(page, app_url):
                          page.get_by_text(re.compile("recognised with")).inner_text()).group(1))
     assert 1 <= done < 30
     assert page.get_by_role("button", name=re.compile("^Run Tesseract")).is_enabled()
+
+
+def test_a_request_behind_another_users_run_says_how_many_are_ahead(browser, app_url, invoice):
+    pages = [render_text_page([f"Page {n} line {i}: the quick brown fox jumps over the lazy dog" for i in range(14)],
+                              size=30) for n in range(1, 9)]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, format="PDF", save_all=True, append_images=pages[1:], resolution=200)
+    first, busy = new_tab(browser)
+    second, waiting = new_tab(browser)
+    try:
+        busy.goto(app_url)
+        upload(busy, {"name": "long.pdf", "mimeType": "application/pdf", "buffer": buffer.getvalue()})
+        to_run = busy.get_by_role("textbox", name="Pages to run")
+        to_run.fill("")
+        to_run.press("Enter")
+        settle(busy)
+        waiting.goto(app_url)
+        upload(waiting, invoice)
+        waiting.get_by_role("button", name=re.compile("^Run Tesseract")).wait_for()
+        busy.get_by_role("button", name=re.compile("^Run Tesseract")).click()
+        busy.get_by_text(re.compile(r"page \d+ \(\d+ of 8\)")).wait_for()
+        waiting.get_by_role("button", name=re.compile("^Run Tesseract")).click()
+        waiting.get_by_text(re.compile(r"Waiting for the worker: 1 request ahead")).wait_for(timeout=30_000)
+        wait_text(waiting, "Invoice 4521")  # its turn came
+    finally:
+        first.close()
+        second.close()
 
 
 def test_copy_button_puts_the_text_on_the_clipboard(browser, app_url, invoice):

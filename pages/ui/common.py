@@ -284,8 +284,3 @@ def display_page(view: PageView, blocks: list[Block]) -> bytes:
         return jpeg(view.image)
     scaled = [block.model_copy(update={"bbox": tuple(v * scale for v in block.bbox)}) for block in blocks]
     return jpeg(draw_boxes(view.image, scaled))
-
-
-def status_line(items: list[str | None]) -> str:
-    return " · ".join(item for item in items if item)
-
