@@ -185,6 +185,23 @@ def test_a_snapshot_folder_set_in_the_ui_is_saved_and_applied_at_the_next_start(
         loader.close()
 
 
+def test_history_opens_a_stored_result_in_the_ocr_workspace(app_test):
+    at = upload(app_test(), "report.pdf", make_pdf(3))
+    next(t for t in at.text_input if t.label == "Pages to run").set_value("2-3").run()
+    run(at)
+
+    again = app_test()  # another session, after a restart: History has the results
+    again.switch_page("pages/history.py").run()
+    picker = again.selectbox(key="history_open")
+    picker.select_index(next(i for i, o in enumerate(picker.options) if "page 3" in o)).run()
+    next(b for b in again.button if b.label == "Open in the OCR workspace").click().run()
+    assert not again.exception
+    assert again.title[0].value == "OCR"
+    assert again.number_input[0].value == 3 and "Quarterly report, page 3" in text_box(again).value
+    labels = [b.label for b in again.button if b.key and "_thumb_" in b.key]
+    assert labels == ["1", "2 ✓", "3 ✓"]  # the document's other page read this way came along
+
+
 # ---- 2. edits kept --------------------------------------------------------------------------------------
 
 
