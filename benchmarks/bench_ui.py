@@ -34,6 +34,7 @@ from tests.conftest import CHROMIUM, CHROMIUM_ARGS, render_text_page  # noqa: E4
 
 SHARED_PAGE = ROOT.parent / "shared" / "data" / "images" / "en_scribe_singlecol_01.png"
 INFERENCE = re.compile(r"[Ii]nference\s*(\d+(?:\.\d+)?) s")
+ROUND_TRIP = re.compile(r"(\d+(?:\.\d+)?) s with the worker round trip")
 WAIT_TEXT = ("() => [...document.querySelectorAll('textarea')].some(t => t.getAttribute('aria-label') === "
              "'Recognised text' && t.value.trim().length > 0)")
 
@@ -90,8 +91,9 @@ def page_png(path: Path | None) -> tuple[str, bytes]:
     return "generated_a4.png", buffer.getvalue()
 
 
-def one_result(browser, url: str, name: str, data: bytes) -> tuple[float, float]:
-    """A new tab: upload, click Run, wait for the text; (seconds from the click, inference seconds shown)."""
+def one_result(browser, url: str, name: str, data: bytes) -> tuple[float, float, float | None]:
+    """A new tab: upload, click Run, wait for the text; (seconds from the click, inference seconds shown,
+    the worker call's seconds where the page shows them)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
         tab = context.new_page()
@@ -106,10 +108,12 @@ def one_result(browser, url: str, name: str, data: bytes) -> tuple[float, float]
         run.click()
         tab.wait_for_function(WAIT_TEXT, polling="raf")
         shown = time.perf_counter() - clicked
-        found = INFERENCE.search(tab.locator("body").inner_text())
+        text = tab.locator("body").inner_text()
+        found = INFERENCE.search(text)
         if found is None:
             raise RuntimeError("the page shows no inference time")
-        return shown, float(found.group(1))
+        call = ROUND_TRIP.search(text)
+        return shown, float(found.group(1)), float(call.group(1)) if call else None
     finally:
         context.close()
 
@@ -118,9 +122,10 @@ def summary(values: list[float]) -> str:
     return f"median {statistics.median(values):.2f} s (range {min(values):.2f}-{max(values):.2f}, n={len(values)})"
 
 
-def measure(browser, root: Path, store: Path, image: tuple[str, bytes], results: int) -> tuple[float, float,
-                                                                                             list[float], list[float]]:
-    """One fresh server: (healthy after, first paint after, [seconds to each result], [UI overhead of each])."""
+def measure(browser, root: Path, store: Path, image: tuple[str, bytes],
+            results: int) -> tuple[float, float, list[float], list[float], list[float]]:
+    """One fresh server: (healthy after, first paint after, [seconds to each result], [overhead beyond the
+    inference of each], [overhead beyond the worker call of each, where the page shows that call])."""
     name, data = image
     process, url, started = start_server(root, store)
     try:
@@ -134,12 +139,14 @@ def measure(browser, root: Path, store: Path, image: tuple[str, bytes], results:
         paint = time.perf_counter() - started
         context.close()
         one_result(browser, url, name, data)  # starts the worker and loads Tesseract
-        totals, overheads = [], []
+        totals, overheads, beyond_call = [], [], []
         for _ in range(results):
-            shown, inference = one_result(browser, url, name, data)
+            shown, inference, call = one_result(browser, url, name, data)
             totals.append(shown)
             overheads.append(shown - inference)
-        return healthy, paint, totals, overheads
+            if call is not None:
+                beyond_call.append(shown - call)
+        return healthy, paint, totals, overheads, beyond_call
     finally:
         stop(process)
 
@@ -156,19 +163,20 @@ def main() -> None:
 
     roots = [root.resolve() for root in (args.root or [ROOT])]
     image = page_png(args.image)
-    figures: dict[Path, dict[str, list[float]]] = {root: {"healthy": [], "paint": [], "total": [], "overhead": []}
-                                                   for root in roots}
+    figures: dict[Path, dict[str, list[float]]] = {
+        root: {"healthy": [], "paint": [], "total": [], "overhead": [], "beyond_call": []} for root in roots}
     with sync_playwright() as p, tempfile.TemporaryDirectory() as scratch:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         for run in range(args.runs):
             for number, root in enumerate(roots if run % 2 == 0 else roots[::-1]):
-                healthy, paint, totals, overheads = measure(browser, root, Path(scratch) / f"run{run}_{number}.db",
-                                                            image, args.results)
+                healthy, paint, totals, overheads, beyond_call = measure(
+                    browser, root, Path(scratch) / f"run{run}_{number}.db", image, args.results)
                 got = figures[root]
                 got["healthy"].append(healthy)
                 got["paint"].append(paint)
                 got["total"] += totals
                 got["overhead"] += overheads
+                got["beyond_call"] += beyond_call
                 print(f"run {run + 1} {root}: healthy {healthy:.2f} s, first paint {paint:.2f} s; results "
                       f"{', '.join(f'{t:.2f}' for t in totals)} s after the click; UI overhead "
                       f"{', '.join(f'{o:.2f}' for o in overheads)} s", flush=True)
@@ -181,6 +189,8 @@ def main() -> None:
         print(f"  first paint of the OCR page after `streamlit run`: {summary(got['paint'])}")
         print(f"  full-page Tesseract result on screen after Run:    {summary(got['total'])}")
         print(f"  UI overhead beyond the reported inference:          {summary(got['overhead'])}")
+        if got["beyond_call"]:  # the image's trip to the worker and back is not the UI's
+            print(f"  ...beyond the worker call (image trip excluded):    {summary(got['beyond_call'])}")
 
 
 if __name__ == "__main__":
