@@ -10,14 +10,13 @@ from pages.ui.common import (
     TASK_LABELS,
     UPLOAD_TYPES,
     TokenView,
-    draw_boxes,
     get_loader,
     model_catalog,
     open_upload,
     page_image,
     require_app_shell,
 )
-from pages.ui.stored import keep
+from pages.ui.stored import keep, show_page_result
 from utils.documents.export import FORMATS, document_text, document_zip, page_filename, page_text
 from utils.documents.reader import Document, DocumentError, PageSelection
 from utils.engine.loader import ModelUnavailable
@@ -60,31 +59,6 @@ def _run(document: Document, selection: PageSelection, model: str, task: str, op
         st.error(f"{document.name}: {one_line(exc)}")
     progress.empty()
     view.placeholder.empty()
-
-
-def _show_result(document, index, result) -> None:
-    image = page_image(document, index)
-    cols = st.columns(5)
-    cols[0].metric("Device", f"{result.device}" + (f" · {result.dtype}" if result.dtype else ""))
-    cols[1].metric("Profile", result.profile)
-    cols[2].metric("Inference", f"{result.seconds:.2f} s")
-    cols[3].metric("Load", f"{result.load_seconds:.2f} s" if result.load_seconds is not None else "cached")
-    cols[4].metric("Blocks", len(result.blocks))
-    for warning in result.warnings:
-        st.warning(warning)
-    left, right = st.columns([1, 1])
-    with left:
-        if image is not None:
-            st.image(draw_boxes(image, result.blocks), caption=f"Page {index + 1} with {len(result.blocks)} boxes",
-                     width="stretch")
-    with right:
-        text_tab, md_tab, json_tab = st.tabs(["Text", "Markdown", "JSON"])
-        with text_tab:
-            st.text_area("Recognised text", result.text, height=520, key=f"text_{result.model}_{result.task}_{index}")
-        with md_tab:
-            st.markdown(result.markdown or result.text)
-        with json_tab:
-            st.json(result.model_dump(mode="json"), expanded=1)
 
 
 def _downloads(document: Document, pages: dict[int, PageResult]) -> None:
@@ -149,7 +123,7 @@ def main() -> None:
         st.error(f"…and {len(failed) - MAX_ERRORS_SHOWN} more page(s) failed")
     shown = outcomes.get(index)
     if shown is not None and shown.result is not None:
-        _show_result(document, index, shown.result)
+        show_page_result(shown.result, page_image(document, index), key=f"{model}_{task}_{index}")
     elif shown is None:  # a failed page's error is listed above; rendering it again would repeat it
         image = page_image(document, index)
         if image is not None:
