@@ -16,6 +16,7 @@ machine whose load changes meanwhile weighs on both alike.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import socket
@@ -84,8 +85,6 @@ def page_png(path: Path | None) -> tuple[str, bytes]:
     # No shared scan here: an A4 page at 200 dpi full of text stands in for it.
     lines = [f"Line {n:02d}: the quick brown fox jumps over the lazy dog, invoice {4500 + n}" for n in range(40)]
     image = render_text_page(lines, size=30, width=1654)
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "generated_a4.png", buffer.getvalue()

@@ -7,6 +7,7 @@ migration: append a new one.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 V1 = [
     # Source documents, by content hash; `file` is set while a copy is kept in the files folder.
@@ -134,11 +135,6 @@ V2 = [
 ]
 
 
-def _v2(con: sqlite3.Connection) -> None:
-    for statement in V2:
-        con.execute(statement)
-
-
 # A user's edit of a recognised text, kept beside the result (never changing it): the newest one counts,
 # none means the recognised text stands. A workspace is one browser session's documents, selections and
 # results (ids into `results`), so that a refresh or a server restart can bring it back.
@@ -157,12 +153,15 @@ V3 = [
 ]
 
 
-def _v3(con: sqlite3.Connection) -> None:
-    for statement in V3:
-        con.execute(statement)
+def _statements(statements: list[str]) -> Callable[[sqlite3.Connection], None]:
+    """A migration that is only these statements, in order."""
+    def apply(con: sqlite3.Connection) -> None:
+        for statement in statements:
+            con.execute(statement)
+    return apply
 
 
-MIGRATIONS = (_v1, _v2, _v3)
+MIGRATIONS = (_v1, _statements(V2), _statements(V3))
 VERSION = len(MIGRATIONS)
 
 
