@@ -11,6 +11,7 @@
   python cli.py batch INPUT... --model NAME[,NAME] --out DIR [--task T] [--workers N] [--db PATH]
                      [--backend local|openai] [--base-url URL] [--concurrency N]
   python cli.py chat FILE --model NAME [--pages 1-3] -q QUESTION [-q FOLLOW-UP ...] [--model-path DIR] [--db PATH]
+                    [--backend local|openai] [--base-url URL]
   python cli.py history [--json] [--document D] [--model M] [--task T] [--search TEXT] [--db PATH]
   python cli.py extract FILE... --template NAME|FILE.yaml [--model NAME] [--pages 1-3] [--format json|csv]
 """
@@ -468,9 +469,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """One conversation about a document: each -q is a turn, its answer printed as it streams."""
-    from utils.chat import CannotChat, ask, seen_line, start_chat
+    from utils.chat import CannotChat, ask, failed_turn, seen_line, start_chat
 
     settings = settings_with_model_path(cached_settings(), args.model, args.model_path)
+    settings = settings_with_backend(settings, args, args.model)
     if any(not q.strip() for q in args.question):
         raise UsageError("-q: a question cannot be empty")
     try:
@@ -492,7 +494,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             try:
                 ask(loader, document, chat, question, lambda piece: print(piece, end="", flush=True), store)
             except Exception as exc:  # the model failed on this turn: one line, and the turns so far are kept
-                print(f"\ncli.py: error: {args.model}: {one_line(exc)}", file=sys.stderr)
+                print(f"\ncli.py: error: {failed_turn(args.model, exc)}", file=sys.stderr)
                 return 1
             print(flush=True)
         print(f"chat {chat.id} kept in {store.path}", file=sys.stderr)
@@ -596,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a question; repeat for follow-ups in the same conversation")
     chat.add_argument("--model-path", help="load the model from this local snapshot folder")
     chat.add_argument("--db", help="results store file (default: store.path from config)")
+    add_backend_arguments(chat)
     chat.set_defaults(func=cmd_chat)
     return parser
 

@@ -17,7 +17,7 @@ from pages.ui.common import (
     require_app_shell,
 )
 from pages.ui.stored import get_store
-from utils.chat import ask, seen_line, start_chat
+from utils.chat import ask, failed_turn, seen_line, start_chat
 from utils.documents.reader import Document, DocumentError
 from utils.engine.loader import ModelStatus
 from utils.messages import one_line
@@ -141,7 +141,7 @@ def main() -> None:
         try:
             ask(loader, document, chat, question, view, store, max_new_tokens=int(longest))
         except Exception as exc:  # out of memory, a worker that died twice: one line, the turns so far kept
-            st.error(f"{model}: {one_line(exc)}")
+            st.error(failed_turn(model, exc))
             return
     st.rerun()  # draw the kept turns the same way as after a reopen
 

@@ -3,9 +3,11 @@
 It implements the two endpoints the app uses, `GET /v1/models` and `POST /v1/chat/completions`
 (plain JSON and server-sent events with chunked transfer encoding, as vLLM answers), and lets a
 test decide how it behaves: the answer, a delay per request and per streamed piece, and faults
-(429, 500, a stall, a disconnect in the middle of a stream, malformed JSON). Every chat request is
-recorded with its body, headers and timing, and the largest number of requests in flight at once
-is kept, so tests can check parameters, image data URLs and concurrency limits. Run as a script
+(429, 500, a stall, a disconnect in the middle of a stream, malformed JSON). A request whose shape
+vLLM would refuse (see request_problem) gets vLLM's 400, so tests fail on what a real server
+rejects. Every chat request is recorded with its body, headers and timing, and the largest number
+of requests in flight at once is kept, so tests can check parameters, image data URLs and
+concurrency limits. Run as a script
 it is a server process of its own (see main), as the benchmark uses it.
 
 The `openai_double` fixture is registered in tests/conftest.py.
@@ -13,6 +15,8 @@ The `openai_double` fixture is registered in tests/conftest.py.
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import re
 import sys
@@ -24,8 +28,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from PIL import Image
 
 FAULTS = ("429", "500", "slow", "disconnect", "malformed")
+ROLES = ("system", "developer", "user", "assistant")
 STATS_PATH = "/_double/stats"
 # One "token" of the double: a word with the blanks after it (or a run of blanks), so the pieces
 # joined give the answer back exactly.
@@ -50,9 +56,14 @@ class ChatRequest:
 
     @property
     def prompt_text(self) -> str:
-        return "\n".join(part["text"] for message in self.body.get("messages", [])
-                         if isinstance(message.get("content"), list)
-                         for part in message["content"] if part.get("type") == "text")
+        return "\n".join(text for _, text in self.turns)
+
+    @property
+    def turns(self) -> list[tuple[str, str]]:
+        """(role, text) of each message, its text parts joined; images left out."""
+        return [(message.get("role"), message["content"] if isinstance(message.get("content"), str) else
+                 "\n".join(part["text"] for part in message.get("content") or [] if part.get("type") == "text"))
+                for message in self.body.get("messages", [])]
 
 
 @dataclass
@@ -65,6 +76,7 @@ class OpenAIDouble:
     piece_delay_s: float = 0.0  # between streamed pieces
     slow_s: float = 30.0  # how long a "slow" fault stalls before answering
     retry_after: str | None = None  # Retry-After header of a 429
+    image_limit: int | None = None  # vLLM's --limit-mm-per-prompt.image (unset there: 999)
     api_key: str | None = None  # when set, requests must carry `Authorization: Bearer <key>`
     # Faults for the next chat requests, one each, in order; an empty queue answers normally.
     faults: deque[str] = field(default_factory=deque)
@@ -160,6 +172,66 @@ class _Server(ThreadingHTTPServer):
         # socket: expected here. Anything else is a bug in the double and is printed.
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
+
+
+def request_problem(body: dict, image_limit: int | None = None) -> str | None:
+    """What vLLM's chat endpoint would refuse in this request body (a 400), or None. The shapes its
+    request model accepts for what the app sends: messages of a known role whose content is a string
+    or a list of parts, a part being {"type": "text", "text": str} or {"type": "image_url",
+    "image_url": {"url": str}}, images only in user messages; data URLs must hold a decodable image."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: expected a non-empty list"
+    images = 0
+    for number, message in enumerate(messages):
+        where = f"messages[{number}]"
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            return f"{where}: expected an object with a role of {', '.join(ROLES)}"
+        content = message.get("content")
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list) or not content:
+            return f"{where}.content: expected a string or a non-empty list of parts"
+        for index, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                if not isinstance(part.get("text"), str):
+                    return f"{where}.content[{index}].text: expected a string"
+            elif kind == "image_url":
+                if message["role"] != "user":
+                    return f"{where}: images go in user messages, not in {message['role']} ones"
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else None
+                problem = _image_problem(url)
+                if problem:
+                    return f"{where}.content[{index}].image_url: {problem}"
+                images += 1
+            else:
+                return f"{where}.content[{index}]: unknown part type {kind!r}"
+    if image_limit is not None and images > image_limit:
+        return (f"At most {image_limit} image(s) may be provided in one prompt. "
+                "Set `--limit-mm-per-prompt` to increase this limit.")  # vLLM's words
+    if body.get("stream_options") is not None and not body.get("stream"):
+        return "Stream options can only be defined when `stream=True`."  # vLLM's words
+    cap = body.get("max_completion_tokens", body.get("max_tokens"))
+    if cap is not None and (not isinstance(cap, int) or cap < 1):
+        return "max_completion_tokens: expected a positive integer"
+    return None
+
+
+def _image_problem(url: object) -> str | None:
+    if not isinstance(url, str):
+        return "expected {\"url\": <string>}"
+    if url.startswith(("http://", "https://")):
+        return "the double does not fetch URLs; the app sends data URLs"
+    header, comma, data = url.partition(",")
+    if not (header.startswith("data:image/") and header.endswith(";base64") and comma):
+        return "expected a data:image/...;base64, URL"
+    try:
+        Image.open(io.BytesIO(base64.b64decode(data, validate=True))).verify()
+    except Exception as exc:  # whatever PIL or base64 finds wrong, vLLM fails to load it too
+        return f"the image cannot be loaded ({type(exc).__name__})"
+    return None
 
 
 def _pieces(text: str, cap: int | None) -> tuple[list[str], str]:
@@ -271,6 +343,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if body.get("model") not in owner.models:
             self._error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+            return
+        problem = request_problem(body, owner.image_limit)
+        if problem is not None:
+            self._error(400, problem, "BadRequestError")
             return
         owner._sleep(owner.slow_s if fault == "slow" else owner.delay_s)
         if fault == "429":

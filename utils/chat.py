@@ -15,6 +15,7 @@ from models.registry import adapter_class
 from utils.documents.reader import Document
 from utils.engine.loader import Loader, WaitCallback
 from utils.engine.runner import result_key, run_pages
+from utils.messages import one_line
 from utils.store import Chat, ChatTurn, Store
 
 CONTEXT_CHARS = 12_000  # recognised text past this is left out (and the chat says so)
@@ -38,7 +39,7 @@ def check_chat_model(loader: Loader, model: str) -> None:
 
 def split_pages(loader: Loader, model: str, pages: Sequence[int]) -> tuple[list[int], list[int], int]:
     """(pages sent as images, pages sent as text, each image's max_pixels)."""
-    spec = loader.settings.model(model)
+    spec = loader.spec(model)
     adapter: ModelAdapter = adapter_class(spec)(model, spec, loader.settings.profile)  # validates options only
     low, high = adapter.pixel_range()  # type: ignore[attr-defined]
     count = max(1, min(len(pages), high // max(low, 1)))
@@ -110,6 +111,13 @@ def ask(loader: Loader, document: Document, chat: Chat, question: str, on_token:
     if store is not None:
         store.chats.save(chat)
     return answer
+
+
+def failed_turn(model: str, exc: BaseException) -> str:
+    """A turn that failed (a server down or refusing, a timeout, out of memory), in one line that
+    names the model once."""
+    line = one_line(exc)
+    return line if line.startswith((f"{model}:", f"{model} ")) else f"{model}: {line}"
 
 
 def seen_line(chat: Chat) -> str:

@@ -160,6 +160,15 @@ class VLMAdapter(ModelAdapter[VLMOptionsT]):
         return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
                                              {"type": "text", "text": prompt}]}]
 
+    def served_chat_messages(self, image_urls: Sequence[str], turns: Sequence[tuple[str, str]]) -> list[dict]:
+        """A conversation as an OpenAI-compatible server gets it, laid out as encode_chat lays it out
+        in-process: the images (data URLs, already at their sizes) open the first turn, the user's,
+        before its text; the other turns are plain text."""
+        first, *rest = turns
+        opening = [*({"type": "image_url", "image_url": {"url": url}} for url in image_urls),
+                   {"type": "text", "text": first[1]}]
+        return [{"role": first[0], "content": opening}, *({"role": role, "content": text} for role, text in rest)]
+
     def encode_chat(self, images: Sequence[Image.Image], sizes: Sequence[Size],
                     turns: Sequence[tuple[str, str]]) -> tuple[dict, str]:
         """Model inputs and the prompt text for a conversation: the images (resized to `sizes`) go with
@@ -256,14 +265,8 @@ class VLMAdapter(ModelAdapter[VLMOptionsT]):
              on_token: TokenCallback | None = None) -> PageResult:
         """Answer options.prompt about `images`, after the turns in options.history; options.max_pixels
         is the budget of each image (the caller splits the model's budget across the pages)."""
-        self._check_task(CHAT)
-        if not options.prompt or not options.prompt.strip():
-            raise ValueError("a chat turn needs a question")
-        if not images:
-            raise ValueError("a chat needs at least one page image")
         started = time.perf_counter()
-        sizes = [self.input_size(image.size, options) for image in images]
-        turns = chat_turns(options)
+        sizes, turns = self.chat_request(images, options)
         inputs, prompt = self.encode_chat(images, sizes, turns)
         out = generate_text(self._model, self._tokenizer, inputs,
                             max_new_tokens=token_cap(CHAT, self.options.max_new_tokens, options.max_new_tokens),
@@ -273,6 +276,17 @@ class VLMAdapter(ModelAdapter[VLMOptionsT]):
         return self.result(CHAT, text=text, markdown=text, raw=out.text, prompt=prompt, images=sizes,
                            tokens=out.tokens, truncated=out.truncated, warnings=self.load_warnings + out.warnings,
                            seconds=time.perf_counter() - started)
+
+    def chat_request(self, images: Sequence[Image.Image],
+                     options: RunOptions) -> tuple[list[Size], list[tuple[str, str]]]:
+        """A chat turn checked, in-process or on a server: each image's size for the model (its share
+        of the budget, options.max_pixels) and the conversation's turns ending with the question."""
+        self._check_task(CHAT)
+        if not options.prompt or not options.prompt.strip():
+            raise ValueError("a chat turn needs a question")
+        if not images:
+            raise ValueError("a chat needs at least one page image")
+        return [self.input_size(image.size, options) for image in images], chat_turns(options)
 
     def reparse(self, raw: str, task: str, page_size: Size,
                 run: RunOptions | None = None) -> tuple[PageResult, Size]:

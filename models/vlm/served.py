@@ -8,18 +8,21 @@ processor has nothing left to resize and boxes map back the same way), the serve
 template, and the model's settings go as request parameters: greedy (temperature 0), the token cap,
 repetition_penalty where configured, special tokens kept in the output (Qwen2-VL writes its boxes
 with them). The loop guard applies the in-process rules to the stream, each streamed piece standing
-for a token, and closing the stream when it fires makes vLLM stop generating.
+for a token, and closing the stream when it fires makes vLLM stop generating. A chat turn goes the
+same way, its page images and turns as chat messages (`served_chat_messages`).
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from models.contract import Availability, PageResult, RunOptions, TokenCallback
+from models.contract import CHAT, Availability, PageResult, RunOptions, TokenCallback
 from models.registry import ModelSpec, served_model_name
 from models.vlm.generation import LoopGuardOptions, find_loop, general_span, loop_window, settle_output, token_cap
 from models.vlm.layout_parsing import strip_special_tokens
@@ -71,6 +74,27 @@ class StreamLoopGuard:
             return False
         self.period = found[0]
         return True
+
+
+def _data_url(image: Image.Image, size: tuple[int, int]) -> str:
+    """The page at the size its budget gives, so the server's processor has nothing left to resize."""
+    page = image.convert("RGB")
+    if page.size != size:
+        page = page.resize(size, Image.Resampling.BICUBIC)
+    return image_data_url(page)
+
+
+def transcript(messages: list[dict], sizes: Sequence[tuple[int, int]]) -> str:
+    """The conversation as it was sent, for the record (PageResult.prompt): the chat template is the
+    server's, so this is the messages themselves, each image as its size instead of its bytes."""
+    names = iter(f"<image {width}x{height}>" for width, height in sizes)
+
+    def part(item: dict) -> dict:
+        return {"type": "image_url", "image_url": next(names)} if item.get("type") == "image_url" else item
+
+    shown = [{**message, "content": [part(item) for item in message["content"]]}
+             if isinstance(message["content"], list) else message for message in messages]
+    return json.dumps(shown, ensure_ascii=False, indent=1)
 
 
 def _display(on_token: TokenCallback) -> TokenCallback:
@@ -127,20 +151,40 @@ class ServedVLM(_Base):
         started = time.perf_counter()
         size = self.input_size(image.size, options)
         prompt = self.prompt_for(task, options, size, image.size)
-        page = image.convert("RGB")
-        if page.size != size:
-            page = page.resize(size, Image.Resampling.BICUBIC)
         cap = token_cap(task, self.options.max_new_tokens, options.max_new_tokens)
-        params, extra = self.request_parameters(cap)
-        guard = StreamLoopGuard(self.options.loop_guard, cap) if self.options.loop_guard.enabled else None
-        completion = self._client.complete(self.served_messages(image_data_url(page), prompt), params,
-                                           extra_body=extra, on_token=_display(on_token) if on_token else None,
-                                           stop_when=guard)
-        raw, truncated, warnings = self._settle(completion, guard, cap)
+        completion, raw, truncated, warnings = self._generate(
+            self.served_messages(_data_url(image, size), prompt), cap, on_token)
         parsed = self.parse(raw, task, size, image.size)
         return self.result(task, text=parsed.text, markdown=parsed.markdown, blocks=parsed.blocks, raw=raw,
                            tokens=completion.tokens, truncated=truncated, warnings=warnings + parsed.warnings,
                            seconds=time.perf_counter() - started, width=image.width, height=image.height)
+
+    def chat(self, images: Sequence[Image.Image], options: RunOptions,
+             on_token: TokenCallback | None = None) -> PageResult:
+        """One turn of a conversation about `images` on the server: the turns as chat messages (the
+        images in the first), the model's settings and loop guard as for a page."""
+        assert self._client is not None, "load() first"
+        started = time.perf_counter()
+        sizes, turns = self.chat_request(images, options)
+        messages = self.served_chat_messages([_data_url(image, size) for image, size in zip(images, sizes,
+                                                                                             strict=True)], turns)
+        cap = token_cap(CHAT, self.options.max_new_tokens, options.max_new_tokens)
+        completion, raw, truncated, warnings = self._generate(messages, cap, on_token)
+        text = strip_special_tokens(raw).strip()
+        return self.result(CHAT, text=text, markdown=text, raw=raw, prompt=transcript(messages, sizes),
+                           images=sizes, tokens=completion.tokens, truncated=truncated, warnings=warnings,
+                           seconds=time.perf_counter() - started)
+
+    def _generate(self, messages: list[dict], cap: int,
+                  on_token: TokenCallback | None) -> tuple[Completion, str, bool, list[str]]:
+        """The request with the model's settings, the loop guard on the stream, and the raw output
+        settled as in-process: (completion, raw output, truncated, warnings)."""
+        assert self._client is not None, "load() first"
+        params, extra = self.request_parameters(cap)
+        guard = StreamLoopGuard(self.options.loop_guard, cap) if self.options.loop_guard.enabled else None
+        completion = self._client.complete(messages, params, extra_body=extra,
+                                           on_token=_display(on_token) if on_token else None, stop_when=guard)
+        return (completion, *self._settle(completion, guard, cap))
 
     def _settle(self, completion: Completion, guard: StreamLoopGuard | None,
                 cap: int) -> tuple[str, bool, list[str]]:

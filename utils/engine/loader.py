@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from models.contract import CHAT, TASKS, Availability, PageResult, RunOptions, TokenCallback
-from models.registry import adapter_class
+from models.registry import ModelSpec, adapter_class
 from models.vlm.server import ServerHealth
 from utils.config import CPU_FALLBACK_CONFIG, ConfigError, Settings, cached_settings, with_overlay
 from utils.engine.guard import CHECKING, Guard, RecoveryEvent, RequestFailed, SystemInfo, WaitCallback
@@ -94,12 +94,20 @@ class Loader:
     def chat(self, model: str, images: Sequence[Image.Image], options: RunOptions,
              on_token: TokenCallback | None = None, *, on_wait: WaitCallback | None = None) -> PageResult:
         """One turn of a conversation about `images`: options.prompt is the question, options.history
-        the turns before it. Same worker, queue and recovery as a page."""
+        the turns before it. Same worker, queue and recovery as a page; a model on a server answers
+        from this thread, like its pages."""
         if not images:
             raise ValueError("a chat needs at least one page image")
         if self._served_settings.model(model).backend == "openai":
-            raise ModelUnavailable(f"{model} runs on a server: chat goes through models that run here for now")
+            return self._remote.chat(self._served_settings, model, images, options, on_token)
         return self._guard.run(model, list(images), CHAT, options, on_token, on_wait)
+
+    def spec(self, model: str) -> ModelSpec:
+        """The entry a run of `model` uses now: the profile's (the CPU profile's after a fallback), but
+        a served model's as configured, since the server's GPU is not this machine's."""
+        if self._served_settings.model(model).backend == "openai":
+            return self._served_settings.model(model)
+        return self.settings.model(model)
 
     def set_model_path(self, model: str, path: str | None) -> None:
         """Load `model` from a local snapshot folder (None: back to the Hugging Face cache)."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 
 from PIL import Image
 
 from models.base import ModelAdapter
-from models.contract import PageResult, RunOptions, TokenCallback
+from models.contract import CHAT, PageResult, RunOptions, TokenCallback
 from models.registry import adapter_class
 from models.vlm.server import ServerError, ServerHealth, ServerUnreachable
 from utils.config import Settings
@@ -55,6 +56,18 @@ class RemoteModels:
         try:
             return adapter.run(image, task, options or RunOptions(), on_token)
         except ServerUnreachable as exc:  # no page of this run could succeed
+            raise ModelUnavailable(f"{name}: {exc}") from None
+
+    def chat(self, settings: Settings, name: str, images: Sequence[Image.Image], options: RunOptions,
+             on_token: TokenCallback | None) -> PageResult:
+        """One chat turn on the server; a model whose entry does not list the task "chat" refuses."""
+        spec = settings.model(name)
+        if CHAT not in spec.tasks:
+            raise ValueError(f"{name} cannot chat: its entry's tasks are {', '.join(spec.tasks)}")
+        adapter = self._adapter(settings, name)
+        try:
+            return adapter.chat(images, options, on_token)
+        except ServerUnreachable as exc:
             raise ModelUnavailable(f"{name}: {exc}") from None
 
     def health(self, settings: Settings, name: str, max_age_s: float = HEALTH_MAX_AGE_S) -> ServerHealth:

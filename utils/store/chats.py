@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 class ChatTurn(BaseModel):
     role: Literal["user", "assistant"]
     text: str
-    # An answer's facts: the prompt as the model got it (chat template applied), its speed and warnings.
+    # An answer's facts: the prompt as the model got it (chat template applied; on a server, the messages sent,
+    # images as their sizes), its speed and warnings.
     prompt: str = ""
     tokens: int | None = None
     seconds: float | None = None
