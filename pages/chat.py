@@ -10,6 +10,7 @@ import streamlit as st
 from pages.ui.common import (
     UPLOAD_TYPES,
     TokenView,
+    current_model,
     get_loader,
     model_catalog,
     model_label,
@@ -94,7 +95,7 @@ def main() -> None:
         st.session_state.pop("chat_document", None)
         st.rerun()
     if chat is None:
-        current = by_name[st.session_state["model"]]
+        current = by_name[current_model()]  # opened first (a link to /chat): the sidebar has not set it yet
         if not current.chats:
             _offer_chat_models(current, catalog)
             return

@@ -32,6 +32,27 @@ def test_a_classic_engine_cannot_chat_and_the_page_offers_the_vlms(chat_app):
     assert at.session_state["model"] == "qwen_vl_2b" and not at.warning
 
 
+def test_the_chat_page_opened_first_picks_the_default_model(app_test):
+    """A link to /chat in a new session: the page is drawn before the sidebar has chosen a model."""
+    at = app_test()
+    at.switch_page("pages/chat.py")
+    del at.session_state["model"]
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state["model"] == "tesseract" and "cannot chat" in at.warning[0].value
+
+
+def test_dots_ocr_cannot_chat_either(chat_app):
+    start, _ = chat_app
+    at = start()
+    at.sidebar.selectbox[0].set_value("dots_ocr").run()
+    assert not at.exception, at.exception
+    assert at.warning[0].value.startswith("dots.ocr (layout + text) cannot chat: it only recognises text")
+    offered = [b.label for b in at.button if b.label.startswith("Chat with")]
+    assert offered == ["Chat with Qwen2-VL 2B Instruct", "Chat with Qwen3-VL 2B Instruct"]
+    assert not at.chat_input or at.chat_input[0].disabled  # nothing to ask until a VLM is picked
+
+
 def test_two_turns_streamed_kept_and_reopened_from_history(chat_app, tiny_models, ru_en_png, monkeypatch):  # noqa: F811
     start, db = chat_app
     # Random weights never say EOS: a short cap keeps each answer to seconds.
