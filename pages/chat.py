@@ -1,7 +1,8 @@
 """Chat page: ask a VLM questions about a document's pages, turn by turn, answers streamed.
 
-Each turn goes through the same Loader (guard, worker) as OCR. The conversation is kept in the
-results store after every answer; History lists the chats and reopens one here to continue it.
+Each turn goes through the same Loader as OCR: the guard and worker, or for a model on a server its
+client, as the model's pages do. The conversation is kept in the results store after every answer;
+History lists the chats and reopens one here to continue it.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """A conversation about a document: which pages the model sees as images, the recognised text of the
-others, and one turn at a time through the Loader (the same guard and worker as OCR).
+others, and one turn at a time through the Loader (the same guard and worker as OCR, or the server
+of a model with `backend: openai`).
 
 The model's pixel budget for one image is split across the pages: as many pages go as images as fit
 without shrinking a page below the model's own minimum; the rest are recognised with the default
