@@ -203,7 +203,7 @@ def page_view(document: Document, index: int) -> PageView | None:
     if shown is not None and shown[0] == key:
         return shown[1]
     try:
-        view = shrink(document.render(index).image)
+        view = shrink(document.render(index, keep=True).image)  # kept: Run is the likely next click
     except DocumentError as exc:
         st.error(str(exc))
         return None
