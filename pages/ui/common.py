@@ -222,7 +222,7 @@ def jpeg(image: Image.Image, quality: int = 85) -> bytes:
 @st.cache_data(max_entries=512, show_spinner=False)
 def thumbnail(digest: str, index: int, _document: Document) -> bytes | None:
     """A small JPEG of one page (None: the page cannot be rendered; its error shows elsewhere)."""
-    small = dataclasses.replace(_document, dpi=THUMB_DPI) if _document.kind == "pdf" else _document
+    small = _document.at_dpi(THUMB_DPI) if _document.kind == "pdf" else _document
     try:
         image = small.render(index).image
     except DocumentError:

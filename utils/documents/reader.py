@@ -6,11 +6,11 @@ its own: the document opens, its other pages render.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import re
 import threading
-import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -272,6 +272,14 @@ class Document:
     def digest(self) -> str:
         """Content hash, computed once: identifies the document in caches and kept results."""
         return hashlib.sha256(self.data).hexdigest()
+
+    def at_dpi(self, dpi: int) -> Document:
+        """The same document rendered at another resolution (a PDF's pages; images keep their pixels).
+        The content hash goes with it: the bytes are the same, and hashing a large file again is slow."""
+        other = dataclasses.replace(self, dpi=dpi)
+        if "digest" in self.__dict__:
+            other.__dict__["digest"] = self.__dict__["digest"]
+        return other
 
     def render(self, index: int, *, keep: bool = False) -> RenderedPage:
         """The page's pixels; the caller owns the image it gets. `keep`: also keep a copy among the
