@@ -101,6 +101,10 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     loader = Loader(settings)
     documents = []
     try:
+        try:
+            loader.check_languages(args.model, args.languages)
+        except ValueError as exc:
+            raise UsageError(f"--languages: {exc}") from None
         for file in args.files:
             entry: dict = {"file": file, "error": None, "pages": []}
             documents.append(entry)

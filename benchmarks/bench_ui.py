@@ -5,6 +5,9 @@
   run          from the click on Run until the recognised text of a full-page Tesseract result is on
                screen, on a warm worker (a first run starts it), minus the inference time the page
                itself reports: what the UI adds.
+  bare app     the same click-to-text steps on a two-widget Streamlit app whose button waits a fixed
+               time and then shows a text box: what any Streamlit page costs on this machine and
+               browser, for scale.
 
     python benchmarks/bench_ui.py [--runs 5] [--results 3] [--image PATH] [--root DIR [--root DIR2]]
 
@@ -77,6 +80,41 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+BARE_WAIT_S = 1.0
+BARE_APP = f"""import time
+import streamlit as st
+st.file_uploader("Scans or PDFs")
+if st.button("Run Tesseract"):
+    time.sleep({BARE_WAIT_S})
+    st.text_area("Recognised text", "the quick brown fox " * 200, height=480)
+"""
+
+
+def bare_app_overheads(browser, folder: Path, results: int) -> list[float]:
+    """Click-to-text of the bare app beyond its fixed wait, `results` times on one fresh server."""
+    (folder / "app.py").write_text(BARE_APP, encoding="utf-8")
+    process, url, _ = start_server(folder, folder / "unused.db")
+    try:
+        wait_healthy(url)
+        found = []
+        for _ in range(results + 1):  # the first click warms the server up and is not counted
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            try:
+                tab = context.new_page()
+                tab.goto(url)
+                run = tab.get_by_role("button", name="Run Tesseract")
+                run.wait_for()
+                clicked = time.perf_counter()
+                run.click()
+                tab.wait_for_function(WAIT_TEXT, polling="raf")
+                found.append(time.perf_counter() - clicked - BARE_WAIT_S)
+            finally:
+                context.close()
+        return found[1:]
+    finally:
+        stop(process)
 
 
 def page_png(path: Path | None) -> tuple[str, bytes]:
@@ -162,6 +200,7 @@ def main() -> None:
 
     roots = [root.resolve() for root in (args.root or [ROOT])]
     image = page_png(args.image)
+    bare: list[float] = []
     figures: dict[Path, dict[str, list[float]]] = {
         root: {"healthy": [], "paint": [], "total": [], "overhead": [], "beyond_call": []} for root in roots}
     with sync_playwright() as p, tempfile.TemporaryDirectory() as scratch:
@@ -179,9 +218,13 @@ def main() -> None:
                 print(f"run {run + 1} {root}: healthy {healthy:.2f} s, first paint {paint:.2f} s; results "
                       f"{', '.join(f'{t:.2f}' for t in totals)} s after the click; UI overhead "
                       f"{', '.join(f'{o:.2f}' for o in overheads)} s", flush=True)
+            bare_folder = Path(scratch) / f"bare{run}"
+            bare_folder.mkdir()
+            bare += bare_app_overheads(browser, bare_folder, args.results)
         browser.close()
     load = os.getloadavg()
     print(f"\npage {image[0]} · {os.cpu_count()} cores · load average now {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    print(f"\nbare two-widget Streamlit app, click to text beyond its wait: {summary(bare)}")
     for root, got in figures.items():
         print(f"\n{root}")
         print(f"  server healthy after `streamlit run`:               {summary(got['healthy'])}")

@@ -52,6 +52,10 @@ class Availability(BaseModel):
     status: str  # "ready", "not installed", "not downloaded", "no server", ...
     reason: str = ""
     fix: str | None = None  # the exact command or step that makes it available
+    # Languages a document may ask for instead of the configured ones (RunOptions.languages, joined by
+    # "+"); empty: the engine reads a fixed set. `default_languages`: what it reads when none is chosen.
+    languages: tuple[str, ...] = ()
+    default_languages: str | None = None
 
 
 class Block(BaseModel):

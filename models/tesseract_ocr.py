@@ -96,7 +96,8 @@ class TesseractAdapter(ModelAdapter):
             return Availability(available=False, status="not installed",
                                 reason=f"language data missing in {tessdata}: {', '.join(missing)}",
                                 fix=f"sudo apt-get install {packages}")
-        return Availability(available=True, status="ready", reason=f"languages {options.languages}, data in {tessdata}")
+        return Availability(available=True, status="ready", reason=f"languages {options.languages}, data in {tessdata}",
+                            languages=tuple(installed_languages(tessdata)), default_languages=options.languages)
 
     def load(self) -> None:
         import tesserocr

@@ -36,12 +36,43 @@ from utils.engine.runner import result_key  # noqa: E402
 
 MAX_ERRORS_SHOWN = 5
 DEFAULT_PROMPT = "Describe this document."
+# Names for the language codes an OCR engine offers (Tesseract's); other codes are shown as they are.
+LANGUAGE_NAMES = {"eng": "English", "rus": "Russian", "ukr": "Ukrainian", "bel": "Belarusian", "kaz": "Kazakh",
+                  "deu": "German", "fra": "French", "spa": "Spanish", "ita": "Italian", "por": "Portuguese",
+                  "pol": "Polish", "chi_sim": "Chinese (simplified)", "jpn": "Japanese"}
 
 
 def _keys(document: Document) -> tuple[str, str]:
     """The widget keys of the page picker and of "Pages to run": one pair per document, so each document
     keeps its own."""
     return f"ocr_page_{document.digest[:16]}", f"ocr_pages_{document.digest[:16]}"
+
+
+def _languages_key(document: Document) -> str:
+    return f"ocr_languages_{document.digest[:16]}"
+
+
+def _languages(document: Document, status) -> str | None:
+    """The languages chosen for this document, as the engine takes them ("rus+eng"); None: the engine's own."""
+    offered = status.availability.languages
+    chosen = st.session_state.get(_languages_key(document)) or []
+    chosen = [code for code in chosen if code in offered]
+    return "+".join(chosen) if chosen else None
+
+
+def _language_picker(where, document: Document, status) -> None:
+    offered = list(status.availability.languages)
+    default = status.availability.default_languages or "+".join(offered)
+    where.multiselect(
+        "Languages", offered, format_func=lambda code: f"{LANGUAGE_NAMES.get(code, code)} ({code})",
+        key=kept(_languages_key(document), [], lambda v: isinstance(v, list) and all(c in offered for c in v)),
+        placeholder=f"Automatic: {default}",
+        help=f"The languages {status.label} reads in this document, in order of priority. Automatic: {default}, "
+             "with each page's script checked, so that English pages get no Cyrillic look-alikes.")
+
+
+def _options(document: Document, status) -> RunOptions:
+    return RunOptions(prompt=_prompt(), languages=_languages(document, status))
 
 
 def _prompt() -> str | None:
@@ -65,7 +96,7 @@ def _start(workspace: Workspace) -> None:
         return  # Run is disabled with the reason shown while the selection is invalid
     task = st.session_state.get("ocr_task", status.tasks[0])
     job = RunJob(get_loader(), store_or_none(workspace), document, [(model, selection.indices)], task,
-                 RunOptions(prompt=_prompt()), warnings=selection.warnings, kind="ocr",
+                 _options(document, status), warnings=selection.warnings, kind="ocr",
                  labels={model: status.label})
     workspace.jobs.append(job)
     if document.page_count > 1:
@@ -130,7 +161,7 @@ def main() -> None:
     status = model_status(current_model())
 
     page_key, pages_key = _keys(document)
-    top = st.columns([1, 1, 2])
+    top = st.columns([1, 1, 2, 2])
     task = top[0].selectbox("Task", status.tasks, format_func=lambda t: TASK_LABELS.get(t, t),
                             key=kept("ocr_task", status.tasks[0], lambda t: t in status.tasks))
     index, spec = 0, "1"
@@ -144,11 +175,13 @@ def main() -> None:
             st.session_state[pages_key] = str(index + 1)
         spec = top[2].text_input("Pages to run", key=kept(pages_key, str(index + 1), lambda v: isinstance(v, str)),
                                  on_change=set_flag, args=(typed,), help='Like "1-3,7"; empty = all pages')
+    if status.availability.languages:
+        _language_picker(top[3], document, status)
     prompt = None
     if task == "prompt":
         prompt = st.text_area("Prompt", key=kept("ocr_prompt", DEFAULT_PROMPT, lambda v: isinstance(v, str)))
 
-    view = _View(workspace, store, status, document, index, spec, task, prompt)
+    view = _View(workspace, store, status, document, index, spec, task, prompt, _options(document, status))
     # Each part has a second slot, empty until a run's end is drawn in place: the browser keeps every
     # element a script run sent and did not replace, so the end is drawn afresh in the second slot and
     # the first is emptied, rather than drawn over the first (where a shorter drawing would leave some
@@ -181,9 +214,9 @@ class _View:
     """The parts of the OCR page a run changes: Run/Stop and the page with its results."""
 
     def __init__(self, workspace: Workspace, store, status, document: Document, index: int, spec: str, task: str,
-                 prompt: str | None):
+                 prompt: str | None, options: RunOptions):
         self.workspace, self.store, self.status, self.document = workspace, store, status, document
-        self.index, self.spec, self.task, self.prompt = index, spec, task, prompt
+        self.index, self.spec, self.task, self.prompt, self.options = index, spec, task, prompt, options
 
     def controls(self, suffix: str) -> None:
         job = self.workspace.running("ocr")
@@ -202,7 +235,7 @@ class _View:
         workspace, document, index, status = self.workspace, self.document, self.index, self.status
         model = status.name
         job = workspace.running("ocr")
-        like = result_key(document, index, model, self.task, RunOptions(prompt=self.prompt))
+        like = result_key(document, index, model, self.task, self.options)
         outcomes = {key.page: entry for key, entry in workspace.entries.items() if _same_run(key, like)}
         pending = set(job.plan[0][1]) if job is not None and job.document.digest == document.digest else set()
         page_key, _ = _keys(document)
@@ -225,7 +258,8 @@ class _View:
         elif shown is None:  # a failed page's error is listed above; rendering it again would repeat it
             view = page_view(document, index)
             if view is not None:
-                state = "being read" if index in pending else f"not run yet with {status.label}"
+                state = "being read" if index in pending else f"not run yet with {status.label}" + (
+                    f" in {self.options.languages}" if self.options.languages else "")
                 st.image(view.jpeg, caption=f"Page {index + 1} — {state}", width="stretch")
         done = {page: entry for page, entry in outcomes.items() if entry.result is not None}
         if done:

@@ -79,6 +79,17 @@ def test_ocr_of_a_scan_returns_its_text(client, scan_png):
     assert body["recovery_events"] == []
 
 
+def test_ocr_languages_chosen_for_the_document(client, scan_png, ru_en_png):
+    english = client.post("/v1/ocr", files={"file": ("ru_en.png", ru_en_png, "image/png")},
+                          data={"model": "tesseract", "languages": "eng"})
+    assert english.status_code == 200, english.text
+    assert not any("\u0400" <= ch <= "\u04ff" for ch in english.json()["documents"][0]["pages"][0]["text"])
+    unknown = client.post("/v1/ocr", files={"file": ("scan.png", scan_png, "image/png")},
+                          data={"model": "tesseract", "languages": "xyz"})
+    assert unknown.status_code == 400 and unknown.json()["detail"].startswith(
+        "languages: tesseract has no language data for xyz (installed: ")
+
+
 def test_ocr_answers_what_cli_ocr_prints(client, scan_png, tmp_path, capsys):
     path = tmp_path / "scan.png"
     path.write_bytes(scan_png)

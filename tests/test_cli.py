@@ -140,6 +140,11 @@ def test_languages_chosen_for_the_documents(files):
     page = json.loads(done.stdout)["documents"][0]["pages"][0]
     assert done.returncode == 0 and "Invoice number 4521" in page["text"]
     assert not any("а" <= ch.lower() <= "я" for ch in page["text"])  # eng alone writes no Cyrillic
-    bad = cli("ocr", str(files / "invoice.png"), "--model", "tesseract", "--languages", "xyz", "--format", "json")
-    error = json.loads(bad.stdout)["documents"][0]["pages"][0]["error"]
-    assert bad.returncode == 1 and "no language data for xyz" in error and "\n" not in error
+    # Languages the engine cannot read are refused before any page runs, in one line (exit 2: usage).
+    bad = cli("ocr", str(files / "invoice.png"), "--model", "tesseract", "--languages", "rus+xyz", "--format", "json")
+    assert bad.returncode == 2 and not bad.stdout
+    assert bad.stderr.strip().startswith("cli.py: error: --languages: tesseract has no language data for xyz "
+                                         "(installed: ") and len(bad.stderr.strip().splitlines()) == 1
+    fixed = cli("ocr", str(files / "invoice.png"), "--model", "rapidocr", "--languages", "eng")
+    assert fixed.returncode == 2 and fixed.stderr.strip() == (
+        "cli.py: error: --languages: rapidocr reads a fixed set of languages; languages can be chosen for: tesseract")

@@ -360,3 +360,41 @@ def test_run_pages_renders_one_page_at_a_time(monkeypatch):
     rest = list(outcomes)
     assert loader.seen == [1, 1, 1, 1]  # page 3 failed to render and never reached the model
     assert [o.page for o in rest if o.error] == [2] and "crop box" in rest[1].error
+
+
+def test_a_page_kept_for_the_screen_is_not_decoded_again_and_stays_unchanged(monkeypatch):
+    doc = open_document("kept.png", png_bytes(render_text_page(["Kept for the run"])))
+    decoded = []
+    original = reader._render_image_page
+    monkeypatch.setattr(reader, "_render_image_page", lambda d, i: decoded.append(i) or original(d, i))
+    shown = doc.render(0, keep=True).image
+    ImageDraw.Draw(shown).rectangle((0, 0, 50, 50), fill=(255, 0, 0))  # the caller owns its copy
+    again = doc.render(0).image
+    assert decoded == [0]
+    assert again.getpixel((10, 10)) == (255, 255, 255)
+    ImageDraw.Draw(again).rectangle((0, 0, 50, 50), fill=(0, 0, 255))
+    assert doc.render(0).image.getpixel((10, 10)) == (255, 255, 255) and decoded == [0]
+
+
+def test_pages_not_kept_are_decoded_each_time(monkeypatch):
+    doc = open_document("batch.png", png_bytes(render_text_page(["Batch page"])))
+    decoded = []
+    original = reader._render_image_page
+    monkeypatch.setattr(reader, "_render_image_page", lambda d, i: decoded.append(i) or original(d, i))
+    doc.render(0)
+    doc.render(0)
+    assert decoded == [0, 0]
+
+
+def test_recent_pages_stay_within_their_byte_budget():
+    def page(width: int) -> reader.RenderedPage:
+        return reader.RenderedPage(0, Image.new("RGB", (width, 100)))
+
+    recent = reader._RecentPages(budget_bytes=100_000)  # 100x100 RGB = 30,000 bytes
+    for name in "abc":
+        recent.put((name,), page(100))
+    recent.get(("a",))  # used: now the most recent
+    recent.put(("d",), page(100))
+    assert [k for k in "abcd" if recent.get((k,)) is not None] == ["a", "c", "d"]
+    recent.put(("huge",), page(1000))  # over the whole budget: not kept, nothing evicted for it
+    assert recent.get(("huge",)) is None and recent.get(("c",)) is not None

@@ -1,6 +1,7 @@
 """The OCR page driven headless through AppTest, as a user would click it."""
 import json
 
+from tests.conftest import png_bytes, render_text_page
 from tests.test_documents import make_pdf
 
 
@@ -139,3 +140,44 @@ def test_every_result_is_in_the_store_before_it_is_shown(app_test, ru_en_png, tm
     assert not at.exception and "Invoice number 4521" in at.text_area[0].value
     stored = Store.from_settings(cached_settings()).results(model="tesseract")
     assert [(s.document_name, s.key.page, s.key.task) for s in stored] == [("invoice.png", 0, "text")]
+
+
+def _cyrillic(text: str) -> bool:
+    return any("\u0400" <= ch <= "\u04ff" for ch in text)
+
+
+def test_languages_are_chosen_per_document_and_each_choice_keeps_its_own_result(app_test, ru_en_png, tmp_path,
+                                                                                monkeypatch):
+    from utils.config import cached_settings
+    from utils.store import Store
+
+    monkeypatch.setenv("OCR_STORE_DB", str(tmp_path / "results.db"))
+    at = app_test()
+    at.file_uploader[0].upload("invoice.png", ru_en_png, "image/png").run()
+    languages = next(m for m in at.multiselect if m.label == "Languages")
+    assert {"English (eng)", "Russian (rus)"} <= set(languages.options)
+    assert languages.value == [] and "Automatic: rus+eng" in languages.placeholder
+    languages.set_value(["eng"]).run()
+    button(at, "Run").click().run()
+    assert not at.error, [e.value for e in at.error]
+    english_only = at.text_area[0].value
+    assert "Invoice number 4521" in english_only and not _cyrillic(english_only)
+    stored = Store.from_settings(cached_settings()).results(model="tesseract")
+    assert [s.key.variant for s in stored] == ["languages=eng"]
+
+    next(m for m in at.multiselect if m.label == "Languages").set_value([]).run()
+    assert not at.text_area  # the automatic choice has not been run on this page yet
+    button(at, "Run").click().run()
+    assert "Счёт на оплату" in at.text_area[0].value
+    next(m for m in at.multiselect if m.label == "Languages").set_value(["eng"]).run()
+    assert at.text_area[0].value == english_only  # the first choice's result is still there
+
+    at.file_uploader[0].upload("second.png", png_bytes(render_text_page(["Second document"])), "image/png").run()
+    assert next(m for m in at.multiselect if m.label == "Languages").value == []  # a choice of its own
+
+
+def test_a_model_with_fixed_languages_offers_no_choice(app_test, ru_en_png):
+    at = app_test()
+    at.session_state["model"] = "rapidocr"
+    at.file_uploader[0].upload("invoice.png", ru_en_png, "image/png").run()
+    assert not [m for m in at.multiselect if m.label == "Languages"]

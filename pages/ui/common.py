@@ -203,7 +203,7 @@ def page_view(document: Document, index: int) -> PageView | None:
     if shown is not None and shown[0] == key:
         return shown[1]
     try:
-        view = shrink(document.render(index).image)
+        view = shrink(document.render(index, keep=True).image)  # kept: Run is the likely next click
     except DocumentError as exc:
         st.error(str(exc))
         return None
@@ -222,7 +222,7 @@ def jpeg(image: Image.Image, quality: int = 85) -> bytes:
 @st.cache_data(max_entries=512, show_spinner=False)
 def thumbnail(digest: str, index: int, _document: Document) -> bytes | None:
     """A small JPEG of one page (None: the page cannot be rendered; its error shows elsewhere)."""
-    small = dataclasses.replace(_document, dpi=THUMB_DPI) if _document.kind == "pdf" else _document
+    small = _document.at_dpi(THUMB_DPI) if _document.kind == "pdf" else _document
     try:
         image = small.render(index).image
     except DocumentError:

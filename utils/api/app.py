@@ -190,7 +190,10 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
             model: Annotated[str | None, Form(description="a name from /v1/models; default: the default model")] = None,
             task: Annotated[str, Form(description=f"one of {', '.join(TASKS)}")] = "text",
             pages: Annotated[str | None, Form(description='pages like "1-3,7"; default: all')] = None,
-            prompt: Annotated[str | None, Form(description="the question, for task 'prompt'")] = None) -> dict:
+            prompt: Annotated[str | None, Form(description="the question, for task 'prompt'")] = None,
+            languages: Annotated[str | None, Form(description='an OCR engine\'s languages for this document, like '
+                                                   '"eng" or "rus+eng" (Tesseract); default: the configured ones, '
+                                                   'checked per page')] = None) -> dict:
         """Recognise one document: the same JSON as `cli.py ocr --format json`. A page that fails has
         its one-line reason in its `error`; the other pages still have results."""
         model = model or loader.default_model()
@@ -203,6 +206,10 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
             raise HTTPException(400, f"{model} does not do '{task}'; it supports: {', '.join(spec.tasks)}")
         if task == "prompt" and not (prompt and prompt.strip()):
             raise HTTPException(400, "task 'prompt' needs a non-empty 'prompt' field")
+        try:
+            loader.check_languages(model, languages)
+        except ValueError as exc:
+            raise HTTPException(400, f"languages: {exc}") from None
         name = file.filename or "upload"
         data = file.file.read()
         try:
@@ -215,7 +222,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
         except DocumentError as exc:
             raise HTTPException(400, one_line(exc)) from None
         since = datetime.now(UTC)
-        options = RunOptions(prompt=prompt) if task == "prompt" else RunOptions()
+        options = RunOptions(prompt=prompt if task == "prompt" else None, languages=languages or None)
         found = []
         try:
             for outcome in run_pages(loader, document, selection.indices, model, task, options,

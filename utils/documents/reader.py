@@ -6,10 +6,12 @@ its own: the document opens, its other pages render.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from pathlib import Path
@@ -207,6 +209,45 @@ class RenderedPage:
     image: Image.Image = field(repr=False)
     warnings: tuple[str, ...] = ()
 
+class _RecentPages:
+    """Pages rendered for the screen, within a byte budget, so that running the page shown (or running
+    it with several models in turn) does not decode it again. Bounded: memory stays flat."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self._pages: OrderedDict[tuple, RenderedPage] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _size(page: RenderedPage) -> int:
+        return page.image.width * page.image.height * len(page.image.getbands())
+
+    def get(self, key: tuple) -> RenderedPage | None:
+        with self._lock:
+            page = self._pages.get(key)
+            if page is not None:
+                self._pages.move_to_end(key)
+            return page
+
+    def put(self, key: tuple, page: RenderedPage) -> None:
+        size = self._size(page)
+        if size > self.budget:
+            return
+        with self._lock:
+            old = self._pages.pop(key, None)
+            if old is not None:
+                self._bytes -= self._size(old)
+            self._pages[key] = page
+            self._bytes += size
+            while self._bytes > self.budget:
+                _, dropped = self._pages.popitem(last=False)
+                self._bytes -= self._size(dropped)
+
+
+RECENT_PAGES = _RecentPages(64 * 2**20)  # two A4 pages at 300 dpi
+
+
 
 @dataclass(frozen=True)
 class PageSelection:
@@ -232,12 +273,27 @@ class Document:
         """Content hash, computed once: identifies the document in caches and kept results."""
         return hashlib.sha256(self.data).hexdigest()
 
-    def render(self, index: int) -> RenderedPage:
+    def at_dpi(self, dpi: int) -> Document:
+        """The same document rendered at another resolution (a PDF's pages; images keep their pixels).
+        The content hash goes with it: the bytes are the same, and hashing a large file again is slow."""
+        other = dataclasses.replace(self, dpi=dpi)
+        if "digest" in self.__dict__:
+            other.__dict__["digest"] = self.__dict__["digest"]
+        return other
+
+    def render(self, index: int, *, keep: bool = False) -> RenderedPage:
+        """The page's pixels; the caller owns the image it gets. `keep`: also keep a copy among the
+        RECENT_PAGES, for a page about to be run after it is shown (the run then does not decode it again)."""
         if not 0 <= index < self.page_count:
             raise DocumentError(f"{self.name}: page {index + 1} does not exist (document has {self.page_count})")
-        if self.kind == "pdf":
-            return _render_pdf_page(self, index)
-        return _render_image_page(self, index)
+        key = (self.digest, self.dpi if self.kind == "pdf" else 0, self.limits.max_page_pixels, index)
+        kept = RECENT_PAGES.get(key)
+        if kept is not None:
+            return dataclasses.replace(kept, image=kept.image.copy())
+        page = _render_pdf_page(self, index) if self.kind == "pdf" else _render_image_page(self, index)
+        if keep:
+            RECENT_PAGES.put(key, dataclasses.replace(page, image=page.image.copy()))
+        return page
 
     def select(self, spec: str | None) -> PageSelection:
         """The pages a selection like "1-3,7" names, with a warning for pages past the end."""

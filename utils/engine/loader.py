@@ -57,6 +57,19 @@ class Loader:
         return ModelStatus(name, spec.label, tuple(t for t in spec.tasks if t in TASKS), availability,
                            chats=CHAT in spec.tasks)
 
+    def check_languages(self, model: str, languages: str | None) -> None:
+        """Refuse, in one line, languages a document asks of `model` that it cannot read (ValueError)."""
+        if not languages:
+            return
+        offered = self.status(model).availability.languages
+        if not offered:
+            takers = [s.name for s in self.catalog() if s.availability.languages]
+            raise ValueError(f"{model} reads a fixed set of languages; languages can be chosen for: "
+                             f"{', '.join(takers) or 'no model here'}")
+        unknown = [code for code in languages.split("+") if code not in offered]
+        if unknown:
+            raise ValueError(f"{model} has no language data for {', '.join(unknown)} (installed: {', '.join(offered)})")
+
     def catalog(self) -> list[ModelStatus]:
         return [self.status(name) for name in self.settings.models]
 
