@@ -1,24 +1,27 @@
 """Chat page: ask a VLM questions about a document's pages, turn by turn, answers streamed.
 
-Each turn goes through the same Loader as OCR: the guard and worker, or for a model on a server its
-client, as the model's pages do. The conversation is kept in the results store after every answer;
-History lists the chats and reopens one here to continue it.
+The document comes from the workspace (uploaded here or on another page) and the pages the model
+sees are shown above the conversation. Each turn goes through the same Loader as OCR: the guard and
+worker, or for a model on a server its client, as the model's pages do. The conversation is kept in
+the results store after every answer; History lists the chats and reopens one here to continue it.
 """
 from __future__ import annotations
 
 import streamlit as st
 
 from pages.ui.common import (
-    UPLOAD_TYPES,
     TokenView,
     current_model,
     get_loader,
     model_catalog,
     model_label,
-    open_upload,
     require_app_shell,
+    thumbnail,
 )
+from pages.ui.session import document_picker, restore_offer, show_notes, show_rejected, store_or_none
+from pages.ui.shell import draw_uploader
 from pages.ui.stored import get_store
+from pages.ui.workspace import get_workspace, kept
 from utils.chat import ask, failed_turn, seen_line, start_chat
 from utils.documents.reader import Document, DocumentError
 from utils.engine.loader import ModelStatus
@@ -26,6 +29,7 @@ from utils.messages import one_line
 from utils.store import Chat
 
 REOPEN = "chat_reopen"  # set by History: the id of a kept chat to continue here
+SEEN_THUMBS = 8  # thumbnails of the pages a chat is about, at most
 
 
 def _offer_chat_models(current: ModelStatus, catalog: list[ModelStatus]) -> None:
@@ -52,25 +56,47 @@ def _reopen() -> None:
         st.warning("That chat was deleted meanwhile.")
         return
     st.session_state["chat"] = chat
-    st.session_state["chat_document"] = store.open_document(chat.digest, chat.document_name)
+    document = store.open_document(chat.digest, chat.document_name)
+    st.session_state["chat_document"] = document
+    if document is not None:  # the other pages can show it too
+        get_workspace().add(document)
 
 
 def _new_chat_source() -> tuple[Document, list[int], list[str]] | None:
-    uploaded = st.file_uploader("Document", type=UPLOAD_TYPES, key="chat_upload")
-    if uploaded is None:
-        st.info("Upload a page or a document, then ask about it below.")
+    """The workspace's open document (uploaded here or on another page) and the pages chosen."""
+    workspace = get_workspace()
+    store = store_or_none(workspace)
+    workspace.sync_uploads("chat_upload", *draw_uploader("chat_upload", "Scans or PDFs"), store)
+    show_rejected(workspace, "chat_upload")
+    restore_offer(workspace, store)
+    show_notes(workspace)
+    if workspace.document is None:
+        st.info("Upload a page or a document (or open one on another page), then ask about it below.")
         return None
-    document = open_upload(uploaded)
-    if document is None:
-        return None
-    pages = st.text_input("Pages", value="1" if document.page_count > 1 else "",
-                          help='like "1-3,7"; empty: all pages', key="chat_pages")
+    document = document_picker(workspace, "chat_document_pick")
+    pages = st.text_input("Pages", key=kept(f"chat_pages_{document.digest[:16]}", "1" if document.page_count > 1
+                                            else "", lambda v: isinstance(v, str)),
+                          help='like "1-3,7"; empty: all pages')
     try:
         selection = document.select(pages or None)
     except DocumentError as exc:
         st.error(str(exc))
         return None
     return document, list(selection.indices), list(selection.warnings)
+
+
+def _show_pages(document: Document, pages: list[int], chat: Chat | None) -> None:
+    """Small images of the pages the chat is about, each saying how the model gets it."""
+    shown = pages[:SEEN_THUMBS]
+    columns = st.columns(max(len(shown), 4))
+    for column, page in zip(columns, shown):
+        image = thumbnail(document.digest, page, document)
+        if image is None:
+            continue
+        how = "" if chat is None else " · as image" if page in chat.image_pages else " · as text"
+        column.image(image, caption=f"Page {page + 1}{how}")
+    if len(pages) > len(shown):
+        st.caption(f"…and {len(pages) - len(shown)} more page(s)")
 
 
 def _show(chat: Chat) -> None:
@@ -114,6 +140,8 @@ def main() -> None:
         if document is None:
             st.warning("The document of this chat is no longer kept (store.max_files_mb): it can be read, "
                        "not continued.")
+    if document is not None:
+        _show_pages(document, pages, chat)
     if chat is not None:
         st.caption(f"What the model sees: {seen_line(chat)}")
     for note in notes + st.session_state.get("chat_notes", []):

@@ -92,3 +92,25 @@ def test_two_turns_streamed_kept_and_reopened_from_history(chat_app, tiny_models
     again.chat_input[0].set_value("Anything else?").run()
     assert not again.exception and not again.error, [e.value for e in again.error]
     assert [t.role for t in Store(db).chats.get(chat.id).turns] == ["user", "assistant"] * 3
+
+
+def test_a_document_uploaded_on_another_page_is_there_with_the_pages_it_will_see(chat_app, tiny_models):  # noqa: F811
+    from tests.test_documents import make_pdf
+
+    start, _ = chat_app
+    at = start()
+    at.sidebar.selectbox[0].set_value("qwen_vl_2b").run()
+    if at.sidebar.text_input:  # not set yet by an earlier test (the folder is kept in the local settings)
+        at.sidebar.text_input[0].set_value(str(tiny_models["qwen_vl_2b"]))
+        next(b for b in at.sidebar.button if b.label == "Use this folder").click().run()
+    at.switch_page("pages/ocr.py").run()
+    at.file_uploader[0].upload("report.pdf", make_pdf(3), "application/pdf").run()
+    at.switch_page("pages/chat.py").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any(m.value == "**Document:** report.pdf (3 pages)" for m in at.markdown)  # no second upload
+    pages = next(t for t in at.text_input if t.label == "Pages")
+    assert pages.value == "1"
+    pages.set_value("2-3").run()
+    captions = [caption for image in at.get("image") for caption in image.captions]
+    assert captions == ["Page 2", "Page 3"]
+    assert not at.chat_input[0].disabled
