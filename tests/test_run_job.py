@@ -67,6 +67,15 @@ def test_streamed_tokens_redraw_the_panel_at_most_ten_times_a_second():
     assert drawn[-1].tokens > 300 and drawn[-1].tail.endswith("tok ")
 
 
+def test_the_end_of_a_run_is_drawn_at_once_not_after_the_redraw_pause():
+    document = open_document("page.pdf", make_pdf(1))
+    job = RunJob(StreamingLoader(tokens=1, pace=0.03), None, document, [("vlm", [0])], "text", RunOptions())
+    started = time.monotonic()
+    follow(job, lambda progress: None)
+    assert job.finished
+    assert time.monotonic() - started < 0.095  # the run takes 0.03 s; the old pause made it 0.1 s or more
+
+
 def test_phases_say_loading_then_page_k_of_n_with_tokens_per_second():
     document = open_document("report.pdf", make_pdf(2))
     job = RunJob(StreamingLoader(tokens=30, pace=0.01, load_seconds=0.6), None, document, [("qwen", [0, 1])],

@@ -240,5 +240,10 @@ class RunJob:
             if not self._finished:
                 self._changed.wait(timeout)
 
+    def wait_finished(self, timeout: float) -> None:
+        """Return once the run has finished, or after `timeout` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._finished, timeout)
+
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

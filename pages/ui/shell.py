@@ -120,12 +120,11 @@ def follow_pending() -> None:
 
 def follow(job: RunJob, draw: Callable[[Progress], None]) -> None:
     """Draw the job's progress on every change, at most every REDRAW_S and at least every TICK_S,
-    until it has finished."""
-    drawn_at = float("-inf")
+    until it has finished; the end is not held back by the REDRAW_S pause."""
     while not job.finished:
-        now = time.monotonic()
-        if now - drawn_at < REDRAW_S:
-            time.sleep(REDRAW_S - (now - drawn_at))
         draw(job.progress())
         drawn_at = time.monotonic()
         job.wait(TICK_S)
+        pause = REDRAW_S - (time.monotonic() - drawn_at)
+        if pause > 0:
+            job.wait_finished(pause)
