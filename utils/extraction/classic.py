@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -85,6 +86,7 @@ class Line:
     bbox: Box
     # (x1, x2) of each whitespace-separated word, when the page image showed them.
     words: tuple[tuple[float, float], ...] | None = None
+    score: float | None = None  # the engine's confidence in the line's reading, 0-1, when it gives one
 
 
 def _otsu(pixels: np.ndarray) -> float:
@@ -194,10 +196,94 @@ def lines_of(result: PageResult, page: int, image: Image.Image | None = None) ->
     lines = []
     for block in blocks:
         words = word_spans(gray, block.bbox, block.text, usual) if gray is not None else None
-        lines.append(Line(page, block.text, block.bbox, words))
+        lines.append(Line(page, block.text, block.bbox, words, block.score))
     if lines:
         return lines
     return [Line(page, text, (0.0, 0.0, 0.0, 0.0)) for text in result.text.splitlines() if text.strip()]
+
+
+@dataclass(frozen=True)
+class SheetRow:
+    line: Line  # the line as first read
+    cut: tuple[int, int, int, int]  # the part of the page cut out for it
+    top: int  # where the cut lies on the sheet (its left edge is at the sheet's margin)
+    scale: float  # sheet pixels per page pixel
+
+
+@dataclass(frozen=True)
+class LineSheet:
+    """Lines cut out of their page, enlarged and set one per row on a blank sheet, for reading again."""
+
+    image: Image.Image
+    rows: tuple[SheetRow, ...]
+    margin: int
+
+
+def line_sheet(image: Image.Image, lines: Sequence[Line], height: int = 48) -> LineSheet:
+    """Each line's box cut out of the page, scaled so that the box is at least `height` pixels high,
+    and set on a row of its own with a blank row's height between rows.
+
+    Read in the page, a line shares the engine's view with its neighbours: a label above a value, a
+    column's edge, a stamp. Alone, larger, and on a plain background, its few characters get the
+    attention (an engine reads small text at 20-30 pixels a letter best). The sheet's paper is the
+    cuts' own paper grey, so no cut has an edge of its own."""
+    gray = image.convert("L")
+    cuts: list[tuple[Line, tuple[int, int, int, int], Image.Image, float]] = []
+    papers: list[float] = []
+    for line in lines:
+        x1, y1, x2, y2 = line.bbox
+        box_height = max(y2 - y1, 1.0)
+        cut = (max(0, int(x1 - 0.3 * box_height)), max(0, int(y1 - 0.08 * box_height)),
+               min(gray.width, int(x2 + 0.3 * box_height) + 1), min(gray.height, int(y2 + 0.08 * box_height) + 1))
+        if cut[2] <= cut[0] or cut[3] <= cut[1]:
+            continue
+        scale = max(1.0, height / box_height)
+        piece = gray.crop(cut)
+        papers.append(float(np.percentile(np.asarray(piece), 90)))
+        if scale > 1.0:
+            piece = piece.resize((round(piece.width * scale), round(piece.height * scale)), Image.Resampling.LANCZOS)
+        cuts.append((line, cut, piece, scale))
+    margin = height
+    width = max((piece.width for _, _, piece, _ in cuts), default=1) + 2 * margin
+    total = margin + sum(piece.height + height for _, _, piece, _ in cuts) + margin
+    sheet = Image.new("L", (width, total), int(np.median(papers)) if papers else 255)
+    rows = []
+    top = margin
+    for line, cut, piece, scale in cuts:
+        sheet.paste(piece, (margin, top))
+        rows.append(SheetRow(line, cut, top, scale))
+        top += piece.height + height
+    return LineSheet(sheet, tuple(rows), margin)
+
+
+def read_back(sheet: LineSheet, result: PageResult) -> dict[Line, list[Line]]:
+    """The sheet's lines as read again, in their page's pixels, by the line they stand for. A row the
+    engine found nothing in is left out (the first reading stands), and so is a reading off the
+    row's middle: the tails of the letters of a line above or below that came into the cut."""
+    again: dict[Line, list[Line]] = {}
+    for read in lines_of(result, 0, sheet.image):
+        middle = (read.bbox[1] + read.bbox[3]) / 2
+        row = next((row for row in sheet.rows
+                    if abs(middle - _row_middle(row)) <= 0.3 * _height(row.line.bbox) * row.scale), None)
+        if row is None:
+            continue
+
+        def x(value: float, row: SheetRow = row) -> float:
+            return row.cut[0] + (value - sheet.margin) / row.scale
+
+        def y(value: float, row: SheetRow = row) -> float:
+            return row.cut[1] + (value - row.top) / row.scale
+
+        words = tuple((x(a), x(b)) for a, b in read.words) if read.words is not None else None
+        again.setdefault(row.line, []).append(
+            Line(row.line.page, read.text, (x(read.bbox[0]), y(read.bbox[1]), x(read.bbox[2]), y(read.bbox[3])),
+                 words, read.score))
+    return again
+
+
+def _row_middle(row: SheetRow) -> float:
+    """Where the middle of the row's line lies on the sheet."""
+    return row.top + ((row.line.bbox[1] + row.line.bbox[3]) / 2 - row.cut[1]) * row.scale
 
 
 @dataclass(frozen=True)
@@ -246,6 +332,24 @@ def _labels(line: Line, compiled: _Compiled) -> list[_Label]:
             continue
         kept.append(label)
     return kept
+
+
+def _worded_labels(line: Line, compiled: _Compiled) -> Counter[str]:
+    """The fields whose labels in this line hold letters ("Date", "Счёт №"; not "№" or "#" alone)."""
+    folded = fold(line.text)
+    return Counter(label.field for label in _labels(line, compiled)
+                   if label.field is not None and len(re.findall(r"[^\W\d_]", folded[label.start:label.end])) >= 2)
+
+
+def labels_kept(template: Template, old: Line, new: Sequence[Line], kind: str = "classic", model: str = "") -> bool:
+    """Whether a line's new reading still holds every label with letters its first reading held. A
+    sign read in a word ("№1" for "NW1") may go; a word going ("Дата" read as "lata") means the new
+    reading lost what the first one had."""
+    compiled = _compile(template, kind, model)
+    kept: Counter[str] = Counter()
+    for line in new:
+        kept += _worded_labels(line, compiled)
+    return not (_worded_labels(old, compiled) - kept)
 
 
 def _x_at(line: Line, offset: int, end: bool) -> float:
@@ -334,21 +438,37 @@ def _column(line: Line, labels: list[_Label], left: float, right: float) -> tupl
     return line.text[start:end], start
 
 
+def _searchable(spec: TemplateField, text: str) -> str:
+    """The text a value is looked for in: for a code, with the O's that stand for zeros as zeros, so
+    that its pattern sees the digits ("A-O1383"). As long as `text`: the value's span is the same."""
+    return zeros_for_o(text) if spec.identifier else text
+
+
+def _partial(text: str, start: int, end: int) -> bool:
+    """The value at start..end is only part of the word it is in: letters, digits or slashes touch it
+    ("1" of "1№\\/003465"), beyond punctuation and currency signs."""
+    before = re.search(r"\S*$", text[:start])
+    after = re.match(r"\S*", text[end:])
+    rest = (before.group() if before else "") + (after.group() if after else "")
+    return bool(re.search(r"[\w\\/|]", rest))
+
+
 def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
-                pattern: re.Pattern[str] | None) -> ExtractedField | None:
+                pattern: re.Pattern[str] | None) -> tuple[ExtractedField, Line, bool] | None:
+    """The value a label points at, the line it was read from, and whether it is only part of a word."""
     line = page.lines[index]
     labels = page.labels[index]
     label = labels[position]
     following = labels[position + 1] if position + 1 < len(labels) else None
     end = following.start if following is not None else len(line.text)
     segment = line.text[label.end:end]
-    found = find_value(spec.type, segment, pattern=pattern, order=spec.date_order)
+    found = find_value(spec.type, _searchable(spec, segment), pattern=pattern, order=spec.date_order)
     if found is not None and spec.type == "string" and re.search(r"[^\W_]", segment[:found.start]):
         found = None  # a text value follows its label: "Счёт действителен 10 дней" is no number
     if found is not None:
-        start = label.end + found.start
-        return ExtractedField(value=found.value, source=line.text[start:label.end + found.end].strip(),
-                              page=line.page, bbox=_span_box(line, start, label.end + found.end))
+        start, end = label.end + found.start, label.end + found.end
+        return ExtractedField(value=found.value, source=line.text[start:end].strip(), page=line.page,
+                              bbox=_span_box(line, start, end)), line, _partial(line.text, start, end)
     if re.search(r"\d|[^\W\d_]{2}", segment):
         return None  # something else follows the label on its line (not punctuation, not a stray letter)
     label_box = _span_box(line, label.start, label.end)
@@ -374,17 +494,35 @@ def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
         if column is not None:
             candidates.append((other, *column))
     for other, text, offset in candidates:
-        found = find_value(spec.type, text, pattern=pattern, order=spec.date_order)
+        found = find_value(spec.type, _searchable(spec, text), pattern=pattern, order=spec.date_order)
         if found is not None and _alone(spec.type, found, text, pattern):
             neighbour = page.lines[other]
+            start, end = offset + found.start, offset + found.end
             return ExtractedField(value=found.value, source=text[found.start:found.end].strip(), page=neighbour.page,
-                                  bbox=_span_box(neighbour, offset + found.start, offset + found.end))
+                                  bbox=_span_box(neighbour, start, end)), neighbour, \
+                _partial(neighbour.text, start, end)
     return None
 
 
 def find_fields(template: Template, lines: Iterable[Line], kind: str = "classic",
                 model: str = "") -> dict[str, ExtractedField]:
     """Every template field found in the lines (of one or more pages); absent fields have value None."""
+    return field_lines(template, lines, kind, model)[0]
+
+
+@dataclass(frozen=True)
+class FieldLines:
+    """The lines a field's value rests on: the line of every label tried, up to the one that gave the
+    value, and the value's own line. `doubtful`: the value was only part of a word there, or a code
+    that needed repair (an O for a zero, a letter of the other script) — the reading was unsure."""
+
+    lines: tuple[Line, ...] = ()
+    doubtful: bool = False
+
+
+def field_lines(template: Template, lines: Iterable[Line], kind: str = "classic", model: str = ""
+                ) -> tuple[dict[str, ExtractedField], dict[str, FieldLines]]:
+    """`find_fields`, and for each field the lines its value rests on."""
     compiled = _compile(template, kind, model)
     by_page: dict[int, list[Line]] = {}
     for line in lines:
@@ -400,26 +538,41 @@ def find_fields(template: Template, lines: Iterable[Line], kind: str = "classic"
                     order = (number, box[1], box[0], label.start)
                     occurrences.setdefault(label.field, []).append((order, number, index, position))
     fields: dict[str, ExtractedField] = {}
+    used: dict[str, FieldLines] = {}
     for name, spec in template.fields.items():
         fields[name] = ExtractedField()
+        tried: list[Line] = []
+        doubtful = False
         candidates = sorted(occurrences.get(name, []))
         if spec.pick == "last":
             candidates.reverse()
         for _, number, index, position in candidates:
+            tried.append(pages[number].lines[index])
             value = _value_near(pages[number], index, position, spec, compiled.values[name])
             if value is not None:
-                fields[name] = _typed(spec, value, _mostly_cyrillic(pages[number].lines))
+                fields[name] = _typed(spec, value[0], _mostly_cyrillic(pages[number].lines))
+                tried.append(value[1])
+                code = fields[name].value
+                doubtful = value[2] or (spec.identifier and isinstance(code, str) and (
+                    code != value[0].source or unsure_code(code, _mostly_cyrillic(pages[number].lines))))
                 break
-    return fields
+        used[name] = FieldLines(tuple(dict.fromkeys(tried)), doubtful)
+    return fields, used
 
 
 _LATIN_LOOKS = "ABCEHKMOPTXaceopxy"
 _CYRILLIC_LOOKS = "АВСЕНКМОРТХасеорху"
 _TO_CYRILLIC = str.maketrans(_LATIN_LOOKS, _CYRILLIC_LOOKS)
 _TO_LATIN = str.maketrans(_CYRILLIC_LOOKS, _LATIN_LOOKS)
-# An O (Latin or Cyrillic) read for a zero: between digits, or before digits after a prefix of two
-# letters or more ("INVO03960"; "PO123" keeps its O).
-_O_FOR_ZERO = re.compile(r"(?<=\d)[OoОо]+(?=\d)|(?<=[^\W\d_]{2})[OoОо]+(?=\d)")
+# An O (Latin or Cyrillic) read for a zero: between digits, before digits after a prefix of two
+# letters or more ("INVO03960"; "PO123" keeps its O), or after a dash or slash that follows a letter
+# or digit ("A-O1383", "2021/O75").
+_O_FOR_ZERO = re.compile(r"(?<=\d)[OoОо]+(?=\d)|(?<=[^\W\d_]{2})[OoОо]+(?=\d)|(?<=[^\W_][-/])[OoОо]+(?=\d)")
+
+
+def zeros_for_o(text: str) -> str:
+    """`text` with the O's that stand for zeros in codes as zeros; as long as `text`."""
+    return _O_FOR_ZERO.sub(lambda match: "0" * len(match.group()), text)
 
 
 def repair_identifier(value: str, cyrillic: bool) -> str:
@@ -433,7 +586,22 @@ def repair_identifier(value: str, cyrillic: bool) -> str:
         foreign = [ch for ch in value if "а" <= ch.lower() <= "я" or ch in "ёЁ"]
         if foreign and all(ch in _CYRILLIC_LOOKS for ch in foreign):
             value = value.translate(_TO_LATIN)
-    return _O_FOR_ZERO.sub(lambda match: "0" * len(match.group()), value)
+    return zeros_for_o(value)
+
+
+def unsure_code(value: str, cyrillic: bool) -> bool:
+    """A code (after repair) that OCR probably misread: letters of both scripts, or of the script the
+    page is not in ("BN-008606" on a Russian page), or letters and digits mixed in a part before a dash
+    or slash ("Б1-000267", "Б11-003959": "П" read as "1" or "11") or a letter after a digit. Codes keep
+    letters and digits in parts of their own ("БП-000267", "INV-2024-0042"), or end in letters then
+    digits ("INV003736")."""
+    latin = re.search(r"[A-Za-z]", value) is not None
+    russian = re.search(r"[а-яёА-ЯЁ]", value) is not None
+    if (latin and russian) or (latin if cyrillic else russian):
+        return True
+    parts = re.split(r"[-/\s]+", value)
+    return any(re.search(r"\d[^\W\d_]", part) for part in parts) or \
+        any(re.search(r"\d", part) and re.search(r"[^\W\d_]", part) for part in parts[:-1])
 
 
 def _mostly_cyrillic(lines: Sequence[Line]) -> bool:
