@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from models.contract import PageResult
+from models.contract import Block, PageResult
 from utils.extraction.normalise import Found, find_value, normalise
 from utils.extraction.result import ExtractedField
 from utils.extraction.templates import Template, TemplateField
@@ -58,7 +58,7 @@ def label_regex(label: str) -> str:
     parts = []
     for position, ch in enumerate(fold(label)):
         if ch == " ":
-            parts.append(r"[\s.,:;'’`\"-]*")
+            parts.append(r"[\s.,:;'‘’`\"-]*")
         elif ch == "." and position < len(label) - 1:
             parts.append(r"\.?")
         elif ch == "-":
@@ -187,15 +187,37 @@ def word_spans(gray: Image.Image, box: Box, text: str, line_height: float | None
     return tuple(spans)
 
 
+def engine_word_spans(block: Block) -> tuple[tuple[float, float], ...] | None:
+    """Where each whitespace-separated word of a line lies along x, from the engine's own word boxes;
+    a box the engine gave to a few words at once (a word read again as two) is shared among them in
+    proportion to their characters. None when the engine gave no word boxes, or words that do not
+    make up the line's text."""
+    if not block.words or " ".join(word.text for word in block.words).split() != block.text.split():
+        return None
+    spans: list[tuple[float, float]] = []
+    for word in block.words:
+        parts = word.text.split()
+        chars = sum(map(len, parts)) + len(parts) - 1
+        left, right = word.bbox[0], word.bbox[2]
+        offset = 0
+        for part in parts:
+            spans.append((left + (right - left) * offset / chars, left + (right - left) * (offset + len(part)) / chars))
+            offset += len(part) + 1
+    return tuple(spans)
+
+
 def lines_of(result: PageResult, page: int, image: Image.Image | None = None) -> list[Line]:
-    """The recognised lines of one page with their boxes (and their words' places when the page
-    image is given); the plain text's lines when the engine gave no boxes."""
+    """The recognised lines of one page with their boxes and their words' places: the engine's word
+    boxes where it gives them, else estimated from the ink of the page image when it is given; the
+    plain text's lines when the engine gave no boxes."""
     gray = image.convert("L") if image is not None else None
     blocks = [block for block in result.blocks if block.text.strip()]
     usual = float(np.median([block.bbox[3] - block.bbox[1] for block in blocks])) if blocks else None
     lines = []
     for block in blocks:
-        words = word_spans(gray, block.bbox, block.text, usual) if gray is not None else None
+        words = engine_word_spans(block)
+        if words is None and gray is not None:
+            words = word_spans(gray, block.bbox, block.text, usual)
         lines.append(Line(page, block.text, block.bbox, words, block.score))
     if lines:
         return lines
@@ -438,10 +460,22 @@ def _column(line: Line, labels: list[_Label], left: float, right: float) -> tupl
     return line.text[start:end], start
 
 
-def _searchable(spec: TemplateField, text: str) -> str:
-    """The text a value is looked for in: for a code, with the O's that stand for zeros as zeros, so
-    that its pattern sees the digits ("A-O1383"). As long as `text`: the value's span is the same."""
-    return zeros_for_o(text) if spec.identifier else text
+# A space OCR put on one side of a dash or slash inside a code ("БП- 003274", "INV-2025 -8624"); one on
+# each side ("145 - 12.03.2024") is punctuation between two things.
+_SPACED_JOIN = re.compile(r"(?<=[^\W_][-/]) (?=[^\W_])|(?<=[^\W_]) (?=[-/][^\W_])")
+
+
+def _find(spec: TemplateField, text: str, pattern: re.Pattern[str] | None) -> Found | None:
+    """A value of the field's type in `text`, its span in `text`. A code is looked for with the O's
+    that stand for zeros as zeros ("A-O1383") and without the spaces OCR put beside its dashes."""
+    if not spec.identifier:
+        return find_value(spec.type, text, pattern=pattern, order=spec.date_order)
+    kept = [i for i in range(len(text)) if not (text[i] == " " and _SPACED_JOIN.match(text, i))]
+    joined = zeros_for_o("".join(text[i] for i in kept))
+    found = find_value(spec.type, joined, pattern=pattern, order=spec.date_order)
+    if found is None or found.end <= found.start:
+        return found
+    return Found(found.value, kept[found.start], kept[found.end - 1] + 1)
 
 
 def _partial(text: str, start: int, end: int) -> bool:
@@ -453,6 +487,23 @@ def _partial(text: str, start: int, end: int) -> bool:
     return bool(re.search(r"[\w\\/|]", rest))
 
 
+COLUMN_GAP = 1.5  # a blank this many line heights wide between words parts columns; word gaps are ~0.3
+
+
+def _column_end(line: Line, start: int, end: int) -> int:
+    """Where the text start..end of a line meets a blank as wide as a column gap (the next column's
+    text, say a label the engine misread: "Дата выставления      Срок‘оплаты"); `end` when it does not,
+    or when the words' places are not known."""
+    if line.words is None:
+        return end
+    previous = _x_at(line, start, end=True)
+    for word in re.finditer(r"\S+", line.text[start:end]):
+        if _x_at(line, start + word.start(), end=False) - previous > COLUMN_GAP * _height(line.bbox):
+            return start + word.start()
+        previous = _x_at(line, start + word.end(), end=True)
+    return end
+
+
 def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
                 pattern: re.Pattern[str] | None) -> tuple[ExtractedField, Line, bool] | None:
     """The value a label points at, the line it was read from, and whether it is only part of a word."""
@@ -462,22 +513,25 @@ def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
     following = labels[position + 1] if position + 1 < len(labels) else None
     end = following.start if following is not None else len(line.text)
     segment = line.text[label.end:end]
-    found = find_value(spec.type, _searchable(spec, segment), pattern=pattern, order=spec.date_order)
+    found = _find(spec, segment, pattern)
     if found is not None and spec.type == "string" and re.search(r"[^\W_]", segment[:found.start]):
         found = None  # a text value follows its label: "Счёт действителен 10 дней" is no number
     if found is not None:
         start, end = label.end + found.start, label.end + found.end
         return ExtractedField(value=found.value, source=line.text[start:end].strip(), page=line.page,
                               bbox=_span_box(line, start, end)), line, _partial(line.text, start, end)
-    if re.search(r"\d|[^\W\d_]{2}", segment):
-        return None  # something else follows the label on its line (not punctuation, not a stray letter)
+    if re.search(r"\d|[^\W\d_]{2}", line.text[label.end:_column_end(line, label.end, end)]):
+        return None  # something else follows the label in its column (not punctuation, not a stray letter)
+    if not re.search(r"[^\W\d_]", line.text[label.start:label.end]):
+        return None  # a sign alone ("№" heading a table's first column) points at nothing beside or below
     label_box = _span_box(line, label.start, label.end)
     # Beside the label: the text of the line to its right, before any label of its own.
     right_lines = page.beside(index, label_box, "right")
     candidates = [(other, page.unlabelled_prefix(other), 0) for other in right_lines]
     # Under the label: the words of the next line in this label's column, which ends where the
     # next word on the label's row starts ("Invoice #   Date   Due date"), in its line or another.
-    words = list(re.finditer(r"\S+", line.text))
+    # Specks read as punctuation ("Счёт № . Дата") are no words: they would move the column's edges.
+    words = [w for w in re.finditer(r"\S+", line.text) if re.search(r"[^\W_]", w.group())]
     before = [w.end() for w in words if w.end() <= label.start]
     after = [w.start() for w in words if w.start() >= label.end]
     left_lines = page.beside(index, label_box, "left")
@@ -494,7 +548,7 @@ def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
         if column is not None:
             candidates.append((other, *column))
     for other, text, offset in candidates:
-        found = find_value(spec.type, _searchable(spec, text), pattern=pattern, order=spec.date_order)
+        found = _find(spec, text, pattern)
         if found is not None and _alone(spec.type, found, text, pattern):
             neighbour = page.lines[other]
             start, end = offset + found.start, offset + found.end

@@ -89,13 +89,15 @@ _DATE_PATTERNS = (
     # OCR reads a dot as a comma, a colon or a semicolon now and then: "30,09.2024", "17:04;2024"
     # (four-digit years only, so that a time of day is no date)
     re.compile(r"(?<![\d,.:;])(?P<a>\d{1,2})\s?[.,:;]\s?(?P<b>\d{1,2})\s?[.,:;]\s?(?P<y>\d{4})(?![\d])"),
-    # «12» марта 2024 г., where OCR often splits the quoted day ("«1 8»")
-    re.compile(r"[«\"“„]\s?(?P<qd>\d\s?\d?)\s?[»\"”]\s*(?P<mon>" + _WORD + r"{3,})\.?,?\s*(?P<y>\d{4})(?!\d)"),
+    # «12» марта 2024 г., where OCR often splits the quoted day ("«1 8»") and reads specks as
+    # punctuation around the month ("«08».марта 2019", "«02» ноября .2024")
+    re.compile(r"[«\"“„]\s?(?P<qd>\d\s?\d?)\s?[»\"”][.,]?\s*(?P<mon>" + _WORD + r"{3,})\.?,?\s*[.,`'’]?"
+               r"(?P<y>\d{4})(?!\d)"),
     # 12 марта 2024 г. · 12-Mar-2024 · 1st of March, 2024 · 2. January 2024
     re.compile(r"(?<!\d)(?P<d>\d{1,2})(?:st|nd|rd|th|\.)?\s*[»\"'”]?\s*(?:of\s+)?[-\s]?\s*(?P<mon>" + _WORD
-               + r"{3,})\.?,?[-\s]?\s*(?P<y>\d{4})(?!\d)", re.IGNORECASE),
-    # March 12, 2024 · Mar. 12 2024 · June 29,. 2026 (OCR's stray dot)
-    re.compile(r"(?<!" + _WORD + r")(?P<mon>" + _WORD + r"{3,})\.?\s+[.,]?(?P<d>\d{1,2})(?:st|nd|rd|th)?[,.]{0,2}\s*"
+               + r"{3,})\.?,?[-\s]?\s*[.,`'’]?(?P<y>\d{4})(?!\d)", re.IGNORECASE),
+    # March 12, 2024 · Mar. 12 2024 · June 29,. 2026 · May- 13,2021 (OCR's stray dots and dashes)
+    re.compile(r"(?<!" + _WORD + r")(?P<mon>" + _WORD + r"{3,})[.-]?\s+[.,]?(?P<d>\d{1,2})(?:st|nd|rd|th)?[,.]{0,2}\s*"
                r"(?P<y>\d{4})(?!\d)", re.IGNORECASE),
 )
 
