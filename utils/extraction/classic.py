@@ -87,6 +87,7 @@ class Line:
     # (x1, x2) of each whitespace-separated word, when the page image showed them.
     words: tuple[tuple[float, float], ...] | None = None
     score: float | None = None  # the engine's confidence in the line's reading, 0-1, when it gives one
+    weakest: float | None = None  # its confidence in the line's least sure word (else in the line), 0-1
 
 
 def _otsu(pixels: np.ndarray) -> float:
@@ -218,7 +219,8 @@ def lines_of(result: PageResult, page: int, image: Image.Image | None = None) ->
         words = engine_word_spans(block)
         if words is None and gray is not None:
             words = word_spans(gray, block.bbox, block.text, usual)
-        lines.append(Line(page, block.text, block.bbox, words, block.score))
+        scores = [word.score for word in block.words if word.score is not None]
+        lines.append(Line(page, block.text, block.bbox, words, block.score, min(scores) if scores else block.score))
     if lines:
         return lines
     return [Line(page, text, (0.0, 0.0, 0.0, 0.0)) for text in result.text.splitlines() if text.strip()]
@@ -234,21 +236,25 @@ class SheetRow:
 
 @dataclass(frozen=True)
 class LineSheet:
-    """Lines cut out of their page, enlarged and set one per row on a blank sheet, for reading again."""
+    """Lines cut out of their page, each at a few sizes on rows of a blank sheet, for reading again."""
 
     image: Image.Image
     rows: tuple[SheetRow, ...]
     margin: int
 
 
-def line_sheet(image: Image.Image, lines: Sequence[Line], height: int = 48) -> LineSheet:
-    """Each line's box cut out of the page, scaled so that the box is at least `height` pixels high,
-    and set on a row of its own with a blank row's height between rows.
+# Line heights in pixels a line is set at: Tesseract reads letters of 20-30 pixels best, but which size
+# reads a given blurred or noisy line right varies, so it is read at a few.
+SHEET_HEIGHTS = (32, 48, 64)
+
+
+def line_sheet(image: Image.Image, lines: Sequence[Line], heights: Sequence[int] = SHEET_HEIGHTS) -> LineSheet:
+    """Each line's box cut out of the page and set, once per height, on a row of its own: scaled so that
+    the box is at least that high, with a blank as high as the tallest row between rows.
 
     Read in the page, a line shares the engine's view with its neighbours: a label above a value, a
-    column's edge, a stamp. Alone, larger, and on a plain background, its few characters get the
-    attention (an engine reads small text at 20-30 pixels a letter best). The sheet's paper is the
-    cuts' own paper grey, so no cut has an edge of its own."""
+    column's edge, a stamp. Alone, and on a plain background, its few characters get the attention. The
+    sheet's paper is the cuts' own paper grey, so no cut has an edge of its own."""
     gray = image.convert("L")
     cuts: list[tuple[Line, tuple[int, int, int, int], Image.Image, float]] = []
     papers: list[float] = []
@@ -259,36 +265,38 @@ def line_sheet(image: Image.Image, lines: Sequence[Line], height: int = 48) -> L
                min(gray.width, int(x2 + 0.3 * box_height) + 1), min(gray.height, int(y2 + 0.08 * box_height) + 1))
         if cut[2] <= cut[0] or cut[3] <= cut[1]:
             continue
-        scale = max(1.0, height / box_height)
         piece = gray.crop(cut)
         papers.append(float(np.percentile(np.asarray(piece), 90)))
-        if scale > 1.0:
-            piece = piece.resize((round(piece.width * scale), round(piece.height * scale)), Image.Resampling.LANCZOS)
-        cuts.append((line, cut, piece, scale))
-    margin = height
+        for height in heights:
+            scale = max(1.0, height / box_height)
+            sized = piece.resize((round(piece.width * scale), round(piece.height * scale)),
+                                 Image.Resampling.LANCZOS) if scale > 1.0 else piece
+            cuts.append((line, cut, sized, scale))
+    margin = max(heights, default=48)
     width = max((piece.width for _, _, piece, _ in cuts), default=1) + 2 * margin
-    total = margin + sum(piece.height + height for _, _, piece, _ in cuts) + margin
+    total = margin + sum(piece.height + margin for _, _, piece, _ in cuts) + margin
     sheet = Image.new("L", (width, total), int(np.median(papers)) if papers else 255)
     rows = []
     top = margin
     for line, cut, piece, scale in cuts:
         sheet.paste(piece, (margin, top))
         rows.append(SheetRow(line, cut, top, scale))
-        top += piece.height + height
+        top += piece.height + margin
     return LineSheet(sheet, tuple(rows), margin)
 
 
-def read_back(sheet: LineSheet, result: PageResult) -> dict[Line, list[Line]]:
-    """The sheet's lines as read again, in their page's pixels, by the line they stand for. A row the
-    engine found nothing in is left out (the first reading stands), and so is a reading off the
-    row's middle: the tails of the letters of a line above or below that came into the cut."""
-    again: dict[Line, list[Line]] = {}
+def read_back(sheet: LineSheet, result: PageResult) -> list[list[Line]]:
+    """What the engine read in each row of the sheet (in the order of sheet.rows), in the page's pixels:
+    empty where it found nothing. A reading off the row's middle is left out: the tails of the letters
+    of a line above or below that came into the cut."""
+    again: list[list[Line]] = [[] for _ in sheet.rows]
     for read in lines_of(result, 0, sheet.image):
         middle = (read.bbox[1] + read.bbox[3]) / 2
-        row = next((row for row in sheet.rows
-                    if abs(middle - _row_middle(row)) <= 0.3 * _height(row.line.bbox) * row.scale), None)
-        if row is None:
+        number = next((number for number, row in enumerate(sheet.rows)
+                       if abs(middle - _row_middle(row)) <= 0.3 * _height(row.line.bbox) * row.scale), None)
+        if number is None:
             continue
+        row = sheet.rows[number]
 
         def x(value: float, row: SheetRow = row) -> float:
             return row.cut[0] + (value - sheet.margin) / row.scale
@@ -297,9 +305,8 @@ def read_back(sheet: LineSheet, result: PageResult) -> dict[Line, list[Line]]:
             return row.cut[1] + (value - row.top) / row.scale
 
         words = tuple((x(a), x(b)) for a, b in read.words) if read.words is not None else None
-        again.setdefault(row.line, []).append(
-            Line(row.line.page, read.text, (x(read.bbox[0]), y(read.bbox[1]), x(read.bbox[2]), y(read.bbox[3])),
-                 words, read.score))
+        again[number].append(Line(row.line.page, read.text, (x(read.bbox[0]), y(read.bbox[1]), x(read.bbox[2]),
+                                                              y(read.bbox[3])), words, read.score, read.weakest))
     return again
 
 

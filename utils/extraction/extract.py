@@ -82,24 +82,26 @@ def _classic(loader, document, template, model, indices, extraction, on_page, st
 
 
 READ_AGAIN_ROUNDS = 3
-# Line height in pixels a line is read again at: small print enlarged to what the engine reads best.
-READ_AGAIN_HEIGHT = 48
 
 
 def _read_again(loader: Loader, document: Document, template: Template, model: str, lines: list[Line]) -> list[Line]:
     """The lines a doubtful required field rests on (its labels' and its value's lines), read again on
-    their own, larger, in the Latin languages alone where line and page are Latin; returns all the
-    lines with those replaced by their new reading.
+    their own at a few sizes, in the Latin languages alone where line and page are Latin; returns all
+    the lines with each of those replaced by its best reading.
 
     A field is doubtful when it has labels but no value, when its value is only part of a word ("1" of
-    "1№\\/003465") or a code that needed repair ("INVO03465"), or when on a Latin page its lines hold
-    letters of another script or a "№": a page
-    read with Russian and English at once reads Latin letters as Cyrillic ones or signs now and then
-    ("INV" as "1№\\/", "NW1" as "№1"). Fields read cleanly are left alone: reading again costs time and,
-    on a noisy scan, is as likely to add a misreading as to take one away. A line that changes may
-    point elsewhere (a "№" that was an "NW" is no label), so the fields are looked for again and the
-    lines they now rest on are judged in turn, a few rounds at most. A new reading that loses a label
-    the first one had (a word, not a sign) is not taken."""
+    "1№\\/003465") or a code that needed repair ("INVO03465") or looks misread ("Б1-000267"), or when
+    on a Latin page its lines hold letters of another script or a "№": a page read with Russian and
+    English at once reads Latin letters as Cyrillic ones or signs now and then ("INV" as "1№\\/", "NW1"
+    as "№1"). Fields read cleanly are left alone: reading again costs time and, on a noisy scan, is as
+    likely to add a misreading as to take one away.
+
+    The best reading is the one that leaves the most required fields found, then the fewest doubtful,
+    then the one whose least sure word the engine is surest of; the first reading competes too, except
+    where the Latin languages read the line again (confidences of two language sets do not compare). A
+    reading that loses a label the first one had (a word, not a sign) is never taken. A line that
+    changes may point elsewhere (a "№" that was an "NW" is no label), so the fields are looked for
+    again and the lines they now rest on are judged in turn, a few rounds at most."""
     latin = _latin_languages(loader, model)
     images: dict[int, Image.Image | None] = {}
     done: set[Line] = set()
@@ -133,13 +135,32 @@ def _read_again(loader: Loader, document: Document, template: Template, model: s
                     in_latin = page in latin_pages and _script([line], min_letters=0) in ("Latin", None)
                     groups.setdefault(latin if in_latin else None, []).append(line)
             for languages, group in groups.items():
-                for line, new in _read_sheet(loader, document, model, image, group, languages).items():
-                    if labels_kept(template, line, new, "classic", model):
-                        replaced[line] = new
+                readings = _read_sheet(loader, document, model, image, group, languages)
+                for line in group:
+                    options = [new for new in readings.get(line, [])
+                               if labels_kept(template, line, new, "classic", model)]
+                    if languages is None:
+                        options.insert(0, [line])
+                    if options:
+                        best = max(options, key=lambda new, line=line: _quality(template, model, lines, line, new))
+                        if best != [line]:
+                            replaced[line] = best
         for new in replaced.values():
             done.update(new)
         lines = [new for line in lines for new in replaced.get(line, [line])]
     return lines
+
+
+def _quality(template: Template, model: str, lines: list[Line], line: Line, new: list[Line]
+             ) -> tuple[int, int, float]:
+    """How good the page's fields are with `line` read as `new`: required fields found, minus the
+    doubtful ones, then the engine's confidence in the reading's least sure word."""
+    fields, used = field_lines(template, [n for other in lines for n in (new if other == line else [other])],
+                               "classic", model)
+    required = template.required()
+    weakest = [n.weakest for n in new if n.weakest is not None]
+    return (sum(fields[name].value is not None for name in required), -sum(used[name].doubtful for name in required),
+            min(weakest) if weakest else 0.0)
 
 
 def _foreign_to_latin(text: str) -> bool:
@@ -149,18 +170,22 @@ def _foreign_to_latin(text: str) -> bool:
 
 
 def _read_sheet(loader: Loader, document: Document, model: str, image: Image.Image, lines: list[Line],
-                languages: str | None) -> dict[Line, list[Line]]:
-    sheet = line_sheet(image, lines, READ_AGAIN_HEIGHT)
+                languages: str | None) -> dict[Line, list[list[Line]]]:
+    """Each line's readings on a sheet of its own (one per size), through the page runner."""
+    sheet = line_sheet(image, lines)
     buffer = io.BytesIO()
     sheet.image.save(buffer, format="PNG")
     try:
         page = open_document(f"{Path(document.name).stem}_lines.png", buffer.getvalue(), loader.settings.documents)
     except DocumentError:
         return {}
+    readings: dict[Line, list[list[Line]]] = {}
     for outcome in run_pages(loader, page, [0], model, "text", RunOptions(languages=languages)):
         if outcome.result is not None:
-            return read_back(sheet, outcome.result)
-    return {}
+            for row, read in zip(sheet.rows, read_back(sheet, outcome.result)):
+                if read:
+                    readings.setdefault(row.line, []).append(read)
+    return readings
 
 
 def _script(lines: list[Line], min_letters: int = 12) -> str | None:
