@@ -544,12 +544,15 @@ def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
     left_lines = page.beside(index, label_box, "left")
     previous_x = _x_at(line, before[-1], end=True) if before else \
         page.lines[left_lines[0]].bbox[2] if left_lines else None
-    # Values sit under their label, left-aligned or centred: a word a quarter of the way back
-    # towards the previous column is already that column's.
+    # Values sit under their label, left-aligned or centred, and may start a little left of it: a
+    # word a quarter of the way back towards the previous column is already this column's, and one
+    # a quarter of the way back from the next column is already the next column's.
     label_x = _x_at(line, label.start, end=False)
     left = label_x - 0.25 * (label_x - previous_x) if previous_x is not None else float("-inf")
-    right = _x_at(line, after[0], end=False) if after else \
-        page.lines[right_lines[0]].bbox[0] if right_lines else float("inf")
+    next_x = _x_at(line, after[0], end=False) if after else \
+        page.lines[right_lines[0]].bbox[0] if right_lines else None
+    label_end = _x_at(line, label.end, end=True)
+    right = next_x - 0.25 * (next_x - label_end) if next_x is not None else float("inf")
     for other in page.below(index, label_box):
         column = _column(page.lines[other], page.labels[other], left, right)
         if column is not None:
