@@ -216,8 +216,8 @@ def _show(key: ResultKey, template: Template, document: Document, extraction: Ex
     left, right = st.columns([1, 1])
     with right:
         reopened = st.session_state.get("extract_reopened", {}).get(key)
-        kept = f" · kept from {reopened:%Y-%m-%d %H:%M} UTC" if reopened is not None else ""
-        st.caption(f"{extraction.found()} of {len(template.fields)} fields found{kept} · edit a value to correct it")
+        since = f" · kept from {reopened:%Y-%m-%d %H:%M} UTC" if reopened is not None else ""
+        st.caption(f"{extraction.found()} of {len(template.fields)} fields found{since} · edit a value to correct it")
         edited = st.data_editor(
             _table(template, extraction), key=f"fields_{'_'.join(key)}_{_editor_version(key)}", hide_index=True,
             width="stretch", disabled=["Field", "Type", "Required", "Read from", "Page", "Corrected", "Engine read"],
@@ -227,7 +227,11 @@ def _show(key: ResultKey, template: Template, document: Document, extraction: Ex
         kept = _corrections().get(key, [])
         if kept:
             with st.expander(f"{len(kept)} correction(s) kept"):
-                st.dataframe(pd.DataFrame([c.model_dump() for c in kept]), hide_index=True)
+                kinds = {name: spec.type for name, spec in template.fields.items()}
+                st.dataframe(pd.DataFrame([{"field": c.field, "at": c.at,
+                                            "before": _display(c.before, kinds.get(c.field, "string")),
+                                            "after": _display(c.after, kinds.get(c.field, "string"))}
+                                           for c in kept]), hide_index=True)
         if extraction.answers:
             with st.expander("What the model answered"):
                 for answer in extraction.answers:

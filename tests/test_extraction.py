@@ -29,7 +29,15 @@ from utils.extraction.classic import (
 )
 from utils.extraction.extract import extract_document
 from utils.extraction.normalise import NotAValue, find_amount, find_date, normalise
-from utils.extraction.result import Extraction, check_problems, correct, empty_fields, to_csv
+from utils.extraction.result import (
+    Correction,
+    Extraction,
+    apply_corrections,
+    check_problems,
+    correct,
+    empty_fields,
+    to_csv,
+)
 from utils.extraction.templates import (
     TEMPLATES_DIR,
     TemplateError,
@@ -558,6 +566,33 @@ def test_a_correction_is_normalised_and_a_bad_one_keeps_the_value(invoice):
     with pytest.raises(NotAValue, match="^total: 'abc' is not an amount$"):
         correct(invoice, updated, "total", "abc")
     assert updated.fields["total"].value == 10.0
+
+
+def test_a_corrected_field_keeps_the_engine_s_value_and_kept_corrections_apply_again(invoice):
+    extraction = Extraction(file="a.png", template="invoice", model="m", fields=empty_fields(invoice))
+    extraction.fields["total"].value, extraction.fields["total"].source = 10.0, "10,00"
+    extraction.problems = ["page 2: no text", *check_problems(invoice, extraction)]
+    once, first = correct(invoice, extraction, "total", "12,50")
+    twice, second = correct(invoice, once, "total", "13")
+    assert (twice.fields["total"].value, twice.fields["total"].original, twice.fields["total"].corrected) == \
+        (13.0, 10.0, True)
+    data = twice.to_json()
+    assert data["fields"]["total"] == 13.0  # the download gives the person's value, and the engine's beside it
+    assert data["sources"]["total"] == {"text": "10,00", "page": None, "bbox": None, "corrected": True,
+                                        "original": 10.0}
+    assert ",13.0," in to_csv(invoice, [twice]).splitlines()[1]
+    back, _ = correct(invoice, twice, "total", "10.00")  # the engine's own value: no longer a correction
+    assert (back.fields["total"].corrected, back.fields["total"].original) == (False, None)
+
+    dated, third = correct(invoice, extraction, "date", "1 апреля 2024")
+    kept = apply_corrections(invoice, extraction, [first, second, third, Correction(field="gone", before=None,
+                                                                                   after="x")])
+    assert kept.values() == {**twice.values(), "date": "2024-04-01"}  # a field the template lost is passed over
+    assert kept.problems == ["page 2: no text", "number: required, not found"]  # problems follow the values
+    assert kept.to_json()["sources"]["date"] == {"text": None, "page": None, "bbox": None, "corrected": True,
+                                                 "original": None}
+    cleared, _ = correct(invoice, extraction, "total", "")
+    assert cleared.to_json()["sources"]["total"]["original"] == 10.0 and cleared.values()["total"] is None
 
 
 def test_csv_has_one_row_per_document_and_json_names_the_sources(invoice):

@@ -11,6 +11,7 @@ import io
 import threading
 import unicodedata
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
@@ -142,7 +143,7 @@ def _read_again(loader: Loader, document: Document, template: Template, model: s
                     if languages is None:
                         options.insert(0, [line])
                     if options:
-                        best = max(options, key=lambda new, line=line: _quality(template, model, lines, line, new))
+                        best = max(options, key=partial(_quality, template, model, lines, line))
                         if best != [line]:
                             replaced[line] = best
         for new in replaced.values():
