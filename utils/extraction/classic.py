@@ -7,6 +7,11 @@ in the line to its right on the same row (label and value columns), then in the 
 it (label above value). A neighbour line counts only when it holds the value and nothing else that
 looks like another value. Labels and text are compared with case, "ё", and Latin/Cyrillic look-alike
 letters folded (OCR mixes the two scripts), so "Cчёт" with a Latin C still matches "Счёт".
+
+Words are placed by the engine's own word boxes where it gives them (Tesseract), else from the ink
+of the page. `field_lines` also says which lines each value rests on and whether the reading looks
+unsure; `line_sheet` and `read_back` set such lines alone on a sheet for the engine to read again
+(utils/extraction/extract.py decides which reading to keep; this module runs no engine).
 """
 from __future__ import annotations
 

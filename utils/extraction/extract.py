@@ -1,9 +1,12 @@
 """Extract a template's fields from a document with one model, through the one page runner.
 
 Classic engines (no free-prompt task) recognise the pages' text and the fields are found by the
-template's labels (utils/extraction/classic.py); vision-language models are asked for JSON page by
-page (utils/extraction/vlm.py), the first value found for a field winning. Either way the result is
-an Extraction whose problems say what is missing; a page that fails is a problem, not the end.
+template's labels (utils/extraction/classic.py); the lines a doubtful required field rests on are
+read again on their own (`_read_again`), and the pages at twice their size when a required field is
+still missing (`_second_look`), always through the page runner. Vision-language models are asked
+for JSON page by page (utils/extraction/vlm.py), the first value found for a field winning. Either
+way the result is an Extraction whose problems say what is missing; a page that fails is a problem,
+not the end.
 """
 from __future__ import annotations
 
@@ -61,10 +64,12 @@ def _classic(loader, document, template, model, indices, extraction, on_page, st
         if outcome.result is None:
             errors.append(outcome.error or f"page {outcome.page + 1}: no result")
         else:
-            try:  # the page again, for where the words of each line lie (the engine gives line boxes)
-                image = document.render(outcome.page).image
-            except DocumentError:
-                image = None
+            image = None
+            if any(block.text.strip() and not block.words for block in outcome.result.blocks):
+                try:  # the page again, for where the words of each line lie (the engine gave line boxes only)
+                    image = document.render(outcome.page).image
+                except DocumentError:
+                    image = None
             lines += lines_of(outcome.result, outcome.page, image)
     if errors and not lines:
         extraction.error = errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more pages)"
