@@ -55,10 +55,6 @@ def _stored_ids() -> dict[ResultKey, int]:
     return st.session_state.setdefault("extract_stored_ids", {})
 
 
-def _store_note(what: str, exc: Exception) -> None:
-    st.warning(f"{what} could not be saved in the results store ({one_line(exc)}); it is kept in this tab only.")
-
-
 def _keep(key: ResultKey, document: Document, extraction: Extraction) -> None:
     """A new extraction: shown from the session, kept in the store (without a store, in this tab only)."""
     _results()[key] = extraction
@@ -69,7 +65,8 @@ def _keep(key: ResultKey, document: Document, extraction: Extraction) -> None:
     try:
         _stored_ids()[key] = get_store().extractions.save(document, extraction)
     except Exception as exc:  # the result is still shown; the user reads why it is not kept
-        _store_note("The extraction", exc)
+        st.warning(f"The extraction could not be saved in the results store ({one_line(exc)}); it is kept in "
+                   f"this tab only.")
 
 
 def _reopen(key: ResultKey, template: Template) -> None:
@@ -100,8 +97,9 @@ def keep_corrections(key: ResultKey, extraction: Extraction, corrections: list[C
     try:
         for correction in corrections:
             get_store().extractions.correct(stored_id, correction.field, correction.after)
-    except Exception as exc:
-        _store_note("The correction", exc)
+    except Exception as exc:  # a toast: the table is drawn afresh right after a correction
+        st.toast(f"The correction could not be saved in the results store ({one_line(exc)}); it is kept in this "
+                 f"tab only.")
 
 
 def _editor_version(key: ResultKey) -> int:
