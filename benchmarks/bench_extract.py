@@ -6,13 +6,15 @@ Generates `--count` invoices (benchmarks/invoices.py: Russian and English, five 
 four header layouts, varied label wording, date and amount formats, distractors, and up to three
 degradations each), runs the real command line over all of them in one call, and prints the share
 of documents whose number, ISO date and total are all right, per field, by language, layout and
-degradation, and every miss. The same seed gives the same set.
+degradation, every miss, and the wall and CPU seconds a document (the command and its worker
+together, model loading included). The same seed gives the same set.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -51,15 +53,19 @@ def right(field: str, expected, got) -> bool:
     return got == expected
 
 
-def run_cli(files: list[Path], model: str) -> tuple[dict[str, dict], float]:
+def run_cli(files: list[Path], model: str) -> tuple[dict[str, dict], float, float]:
+    """The documents' results, the wall seconds and the CPU seconds of the command and its worker."""
     command = [sys.executable, str(ROOT / "cli.py"), "extract", *map(str, files), "--template", "invoice",
                "--model", model, "--format", "json"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the worker is the command's child, reaped by it
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode not in (0, 1):
         sys.exit(f"cli.py extract failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
-    return {doc["file"]: doc for doc in json.loads(done.stdout)["documents"]}, seconds
+    return {doc["file"]: doc for doc in json.loads(done.stdout)["documents"]}, seconds, cpu
 
 
 def main() -> int:
@@ -74,7 +80,7 @@ def main() -> int:
         folder = Path(args.out) if args.out else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         truths = generate(folder, args.count, args.seed)
-        results, seconds = run_cli([folder / name for name in truths], args.model)
+        results, seconds, cpu = run_cli([folder / name for name in truths], args.model)
 
     per_field = dict.fromkeys(FIELDS, 0)
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -99,13 +105,15 @@ def main() -> int:
     count = len(truths)
     figures = {"documents": count, "seed": args.seed, "model": args.model, "all_three_right": all_right / count,
                "fields": {f: per_field[f] / count for f in FIELDS}, "seconds": round(seconds, 1),
+               "cpu_seconds": round(cpu, 1), "seconds_per_document": round(seconds / count, 3),
+               "cpu_seconds_per_document": round(cpu / count, 3),
                "fonts": sorted(font_families()),
                "groups": {k: {"right": v[0], "of": v[1]} for k, v in sorted(groups.items())}, "misses": misses}
     if args.json:
         print(json.dumps(figures, ensure_ascii=False, indent=2))
         return 0
     print(f"{count} generated invoices (seed {args.seed}), cli.py extract --template invoice --model {args.model}: "
-          f"{seconds:.0f} s")
+          f"{seconds:.0f} s wall, {cpu:.0f} s CPU ({seconds / count:.2f} s and {cpu / count:.2f} s CPU a document)")
     print(f"number, date and total all right: {all_right}/{count} = {all_right / count:.1%}")
     print("per field: " + ", ".join(f"{f} {per_field[f] / count:.1%}" for f in FIELDS))
     for key, (ok_count, total) in sorted(groups.items()):

@@ -65,6 +65,9 @@ class Block(BaseModel):
     category: str = "Text"
     text: str = ""
     score: float | None = None
+    # A line's words (category "Word") with their own boxes and scores, where the engine gives them;
+    # their texts joined by spaces are the line's text.
+    words: list[Block] = Field(default_factory=list)
 
 
 class PageResult(BaseModel):

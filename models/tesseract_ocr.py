@@ -159,7 +159,10 @@ class TesseractAdapter(ModelAdapter):
                       for number, block in regions]
             blocks = [b for b in blocks if b.text or b.category != "Text"]
         else:
-            blocks = [Block(bbox=line.bbox, category="Line", text=line.text, score=line.score) for line in lines]
+            blocks = [Block(bbox=line.bbox, category="Line", text=line.text, score=line.score,
+                            words=[Block(bbox=tuple(float(v) for v in w.bbox), category="Word", text=w.text.strip(),
+                                         score=w.score) for w in line.words if w.text.strip()])
+                      for line in lines]
         return self.result(task, text=page_text(lines), markdown=to_markdown(lines), blocks=blocks,
                            warnings=warnings, seconds=time.perf_counter() - started, width=width, height=height)
 
@@ -221,7 +224,8 @@ class TesseractAdapter(ModelAdapter):
                                       new_paragraph=paragraph_starts,
                                       score=round(item.Confidence(ril.TEXTLINE) / 100.0, 4)))
                     line_starts = paragraph_starts = False
-                lines[-1].words.append(Word(text=text, bbox=item.BoundingBox(ril.WORD)))
+                lines[-1].words.append(Word(text=text, bbox=item.BoundingBox(ril.WORD),
+                                            score=round(item.Confidence(ril.WORD) / 100.0, 4)))
             regions = self._regions(api) if with_regions else []
         finally:
             api.Clear()
@@ -261,6 +265,7 @@ class TesseractAdapter(ModelAdapter):
             for word in foreign:
                 api.SetImage(image.crop(_padded(word.bbox, image.size)))
                 word.text = " ".join(api.GetUTF8Text().split())
+                word.score = round(api.MeanTextConf() / 100.0, 4)
         finally:
             api.Clear()
         for line in lines:
@@ -304,7 +309,7 @@ def _padded(box: tuple[float, float, float, float], size: tuple[int, int]) -> tu
 def _scaled(line: Line, factor: float, dy: float = 0.0) -> Line:
     """The line with its boxes scaled by factor, then moved down by dy."""
     words = [Word(text=w.text, bbox=(w.bbox[0] * factor, w.bbox[1] * factor + dy, w.bbox[2] * factor,
-                                     w.bbox[3] * factor + dy)) for w in line.words]
+                                     w.bbox[3] * factor + dy), score=w.score) for w in line.words]
     return replace(line, words=words, size=line.size * factor if line.size else line.size)
 
 

@@ -1,5 +1,7 @@
 """Extract page: a template's fields (invoice, receipt, passport, ...) out of documents, as an
 editable table beside the page with each field's box, corrections by hand, JSON / CSV export.
+Every extraction and correction is kept in the results store: the same document, template and
+model shows its kept extraction again after a refresh or a restart, without running.
 UI only: extraction runs through utils.extraction and the loader."""
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from pages.ui.common import (
     page_image,
     require_app_shell,
 )
+from pages.ui.stored import get_store
 from utils.documents.reader import Document, parse_page_selection
 from utils.extraction import templates as template_files
 from utils.extraction.extract import engine_kind, extract_document
 from utils.extraction.normalise import NotAValue
-from utils.extraction.result import Correction, Extraction, correct, to_csv
+from utils.extraction.result import Correction, Extraction, apply_corrections, correct, to_csv
 from utils.extraction.templates import Template, TemplateSet, load_templates
 from utils.messages import one_line
 
@@ -39,6 +42,7 @@ def _templates(directory: str, models: tuple[str, ...]) -> TemplateSet:
 
 
 def _results() -> dict[ResultKey, Extraction]:
+    """This session's extractions, corrections made, by (document, template, model)."""
     return st.session_state.setdefault("extract_results", {})
 
 
@@ -46,13 +50,56 @@ def _corrections() -> dict[ResultKey, list[Correction]]:
     return st.session_state.setdefault("extract_corrections", {})
 
 
-def keep_corrections(key: ResultKey, extraction: Extraction, corrections: list[Correction]) -> None:
-    """Keep a corrected extraction and the corrections that made it.
+def _stored_ids() -> dict[ResultKey, int]:
+    """The store's id of each extraction shown, for its corrections."""
+    return st.session_state.setdefault("extract_stored_ids", {})
 
-    The one place corrections are written: the session for now; the results store takes them
-    here (key: document key, template, model)."""
+
+def _keep(key: ResultKey, document: Document, extraction: Extraction) -> None:
+    """A new extraction: shown from the session, kept in the store (without a store, in this tab only)."""
+    _results()[key] = extraction
+    _corrections().pop(key, None)
+    _stored_ids().pop(key, None)
+    if extraction.error is not None:
+        return
+    try:
+        _stored_ids()[key] = get_store().extractions.save(document, extraction)
+    except Exception as exc:  # the result is still shown; the user reads why it is not kept
+        st.warning(f"The extraction could not be saved in the results store ({one_line(exc)}); it is kept in "
+                   f"this tab only.")
+
+
+def _reopen(key: ResultKey, template: Template) -> None:
+    """The newest extraction kept for this document, template and model, with its corrections, when
+    this session has none (a refresh, a restart, another tab)."""
+    if key in _results():
+        return
+    try:
+        stored = get_store().extractions.latest(*key)
+    except Exception:  # no store, no kept extraction: the page offers to run
+        return
+    if stored is None:
+        return
+    _results()[key] = apply_corrections(template, stored.extraction, stored.corrections)
+    _corrections()[key] = list(stored.corrections)
+    _stored_ids()[key] = stored.id
+    st.session_state.setdefault("extract_reopened", {})[key] = stored.created_at
+
+
+def keep_corrections(key: ResultKey, extraction: Extraction, corrections: list[Correction]) -> None:
+    """Keep a corrected extraction and the corrections that made it: in the session, and in the
+    results store beside the extraction they correct."""
     _results()[key] = extraction
     _corrections().setdefault(key, []).extend(corrections)
+    stored_id = _stored_ids().get(key)
+    if stored_id is None:
+        return
+    try:
+        for correction in corrections:
+            get_store().extractions.correct(stored_id, correction.field, correction.after)
+    except Exception as exc:  # a toast: the table is drawn afresh right after a correction
+        st.toast(f"The correction could not be saved in the results store ({one_line(exc)}); it is kept in this "
+                 f"tab only.")
 
 
 def _editor_version(key: ResultKey) -> int:
@@ -92,8 +139,8 @@ def _run(documents: list[Document], selection: str, template: Template, model: s
                 failed += 1
                 continue
             key = (document.digest, template.name, model)
-            _results()[key] = extraction
-            _corrections().pop(key, None)
+            _keep(key, document, extraction)
+            st.session_state.setdefault("extract_reopened", {}).pop(key, None)
             _bump_editor(key)
         live.empty()
         bar.progress(1.0)
@@ -114,7 +161,8 @@ def _table(template: Template, extraction: Extraction) -> pd.DataFrame:
         rows.append({"Field": name, EDITABLE: _display(field.value if field else None, spec.type), "Type": spec.type,
                      "Required": spec.required, "Read from": (field.source or "") if field else "",
                      "Page": (field.page + 1) if field and field.page is not None else None,
-                     "Corrected": bool(field and field.corrected)})
+                     "Corrected": bool(field and field.corrected),
+                     "Engine read": _display(field.original, spec.type) if field and field.corrected else ""})
     return pd.DataFrame(rows)
 
 
@@ -165,17 +213,23 @@ def _show(key: ResultKey, template: Template, document: Document, extraction: Ex
     page = read_pages[0]
     left, right = st.columns([1, 1])
     with right:
-        st.caption(f"{extraction.found()} of {len(template.fields)} fields found · edit a value to correct it")
+        reopened = st.session_state.get("extract_reopened", {}).get(key)
+        since = f" · kept from {reopened:%Y-%m-%d %H:%M} UTC" if reopened is not None else ""
+        st.caption(f"{extraction.found()} of {len(template.fields)} fields found{since} · edit a value to correct it")
         edited = st.data_editor(
             _table(template, extraction), key=f"fields_{'_'.join(key)}_{_editor_version(key)}", hide_index=True,
-            width="stretch", disabled=[c for c in ("Field", "Type", "Required", "Read from", "Page", "Corrected")],
+            width="stretch", disabled=["Field", "Type", "Required", "Read from", "Page", "Corrected", "Engine read"],
             column_config={EDITABLE: st.column_config.TextColumn(EDITABLE, help="dates as 2024-03-12 or "
                                                                  "12 марта 2024; amounts as 1 234,56 or 1,234.56")})
         _apply_edits(key, template, extraction, edited)
         kept = _corrections().get(key, [])
         if kept:
             with st.expander(f"{len(kept)} correction(s) kept"):
-                st.dataframe(pd.DataFrame([c.model_dump() for c in kept]), hide_index=True)
+                kinds = {name: spec.type for name, spec in template.fields.items()}
+                st.dataframe(pd.DataFrame([{"field": c.field, "at": c.at,
+                                            "before": _display(c.before, kinds.get(c.field, "string")),
+                                            "after": _display(c.after, kinds.get(c.field, "string"))}
+                                           for c in kept]), hide_index=True)
         if extraction.answers:
             with st.expander("What the model answered"):
                 for answer in extraction.answers:
@@ -257,6 +311,7 @@ def main() -> None:
         _run(documents, selection, template, model)
 
     key = (document.digest, template.name, model)
+    _reopen(key, template)
     extraction = _results().get(key)
     if extraction is None:
         image = page_image(document, 0)

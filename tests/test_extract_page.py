@@ -1,6 +1,9 @@
-"""The Extract page driven headless through AppTest: Tesseract on generated invoices, corrections, exports."""
+"""The Extract page driven headless through AppTest: Tesseract on generated invoices, corrections kept in the
+results store across sessions, exports."""
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
 
@@ -8,8 +11,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from benchmarks.invoices import make_invoice
+from tests import test_workspace
 from tests.conftest import png_bytes, render_text_page
+from utils.documents.reader import open_document
 from utils.extraction.templates import TEMPLATES_DIR
+from utils.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +25,9 @@ def invoices():
         image, truth = make_invoice(random.Random(seed), language=language, layout=layout, degrade=False)
         made[name] = (png_bytes(image), truth)
     return made
+
+
+downloads = test_workspace.downloads  # the fixture that keeps every download button's file
 
 
 def start(app_test, uploads: dict[str, bytes]) -> AppTest:
@@ -93,3 +102,50 @@ def test_a_broken_template_is_one_line_and_the_others_still_work(app_test, invoi
     assert at.selectbox(key="extract_template").options == ["Invoice / Счёт"]
     at.button(key="extract_run").click().run()
     assert table(at)["number"] == invoices["en.png"][1].number
+
+
+def test_corrections_are_kept_in_the_store_and_shown_again_after_a_restart(app_test, invoices, downloads):
+    data, truth = invoices["en.png"]
+    at = start(app_test, {"en.png": data})
+    at.button(key="extract_run").click().run()
+    model = at.session_state["model"]
+    edit(at, "date", "1 апреля 2024")
+    edit(at, "total", "99,50")
+    store = Store(os.environ["OCR_STORE_DB"])
+    digest = open_document("en.png", data).digest
+    kept = store.extractions.latest(digest, "invoice", model)
+    assert [(c.field, c.before, c.after) for c in kept.corrections] == [
+        ("date", truth.date, "2024-04-01"), ("total", truth.total, 99.5)]
+
+    again = start(app_test, {"en.png": data})  # a refresh or a restart: a new session, only the store remembers
+    assert not again.error and not again.warning, [e.value for e in again.error]
+    frame = again.data_editor[0].value.set_index("Field")
+    assert (frame.loc["date", "Value"], frame.loc["total", "Value"]) == ("2024-04-01", "99.50")
+    assert frame.loc["date", "Corrected"] and frame.loc["total", "Corrected"] and not frame.loc["number", "Corrected"]
+    assert (frame.loc["date", "Engine read"], frame.loc["number", "Engine read"]) == (truth.date, "")
+    assert frame.loc["number", "Value"] == truth.number
+    assert any("kept from" in c.value for c in again.caption)
+    assert store.extractions.latest(digest, "invoice", model).id == kept.id  # shown without running again
+    saved = json.loads(downloads["en_invoice.json"])
+    assert saved["fields"]["date"] == "2024-04-01" and saved["sources"]["date"]["original"] == truth.date
+    rows = downloads["en_invoice.csv"]
+    rows = rows.decode() if isinstance(rows, bytes) else rows
+    assert ",2024-04-01," in rows and ",99.5," in rows
+
+    edit(again, "total", f"{truth.total:.2f}")  # back to what the engine read: the cell is no longer corrected
+    frame = again.data_editor[0].value.set_index("Field")
+    assert not frame.loc["total", "Corrected"] and frame.loc["total", "Engine read"] == ""
+    assert [c.field for c in store.extractions.latest(digest, "invoice", model).corrections] == ["date"]
+
+
+def test_a_store_that_cannot_be_written_costs_a_warning_not_the_extraction(app_test, invoices, tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("OCR_STORE_DB", str(blocker / "results.db"))
+    data, truth = invoices["en.png"]
+    at = start(app_test, {"en.png": data})
+    at.button(key="extract_run").click().run()
+    assert table(at)["number"] == truth.number
+    assert [w.value for w in at.warning][0].startswith("The extraction could not be saved in the results store (")
+    edit(at, "date", "1 апреля 2024")
+    assert table(at)["date"] == "2024-04-01" and not at.exception

@@ -4,25 +4,40 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from models.contract import Block, PageResult
+from models.contract import Block, PageResult, RunOptions
+from models.registry import ModelSpec
 from tests.conftest import font, png_bytes
 from utils.config import DocumentLimits
 from utils.documents.reader import open_document
 from utils.extraction.classic import (
+    FieldLines,
     Line,
+    field_lines,
     find_fields,
     fold,
     label_regex,
+    line_sheet,
     lines_of,
+    read_back,
     repair_identifier,
+    unsure_code,
     word_spans,
 )
 from utils.extraction.extract import extract_document
 from utils.extraction.normalise import NotAValue, find_amount, find_date, normalise
-from utils.extraction.result import Extraction, check_problems, correct, empty_fields, to_csv
+from utils.extraction.result import (
+    Correction,
+    Extraction,
+    apply_corrections,
+    check_problems,
+    correct,
+    empty_fields,
+    to_csv,
+)
 from utils.extraction.templates import (
     TEMPLATES_DIR,
     TemplateError,
@@ -49,6 +64,9 @@ def invoice():
     ("Sept. 9 2022", "2022-09-09"), ("30,09.2024", "2024-09-30"), ("13/01/2024", "2024-01-13"),
     ("30 Мау 2026", "2026-05-30"),  # Cyrillic М, а, у read for Latin
     ("2. January 2024", "2024-01-02"), ("August .6, 2024", "2024-08-06"),
+    # OCR's stray punctuation: colons and semicolons for dots, dots and dashes beside words and numbers
+    ("17:04;2024", "2024-04-17"), ("June 29,. 2026", "2026-06-29"), ("May- 13,2021", "2021-05-13"),
+    ("«08».марта 2019`г.", "2019-03-08"), ("«02» ноября .2024 г.", "2024-11-02"),
 ])
 def test_dates_in_russian_and_english_become_iso(text, iso):
     assert find_date(text).value == iso
@@ -61,7 +79,8 @@ def test_numeric_dates_follow_the_field_order_unless_only_the_other_one_is_a_dat
     assert normalise("date", "03/25/2024") == "2024-03-25"  # 25 is no month: month first after all
 
 
-@pytest.mark.parametrize("text", ["31.02.2024", "Invoice 12 items 2024", "12 marts 2024", "2024"])
+@pytest.mark.parametrize("text", ["31.02.2024", "Invoice 12 items 2024", "12 marts 2024", "2024", "12:30 2024",
+                                  "10:15:45"])
 def test_what_is_not_a_date(text):
     with pytest.raises(NotAValue, match="is not a date"):
         normalise("date", text)
@@ -73,6 +92,8 @@ def test_what_is_not_a_date(text):
     ("€1.234.567,8", 1234567.8), ("1,234", 1234.0), ("1.234.567", 1234567.0), ("1,5", 1.5), ("-50.00", -50.0),
     ("12 345 678,90", 12345678.9), ("1'234.50", 1234.5), ("67.973.03", 67973.03), ("500", 500.0),
     ("37933, 72", 37933.72), ("$79428 .40", 79428.4),  # OCR's stray spaces beside the decimal separator
+    # specks read between the groups, a decimal comma read as a semicolon
+    ("21217;92", 21217.92), ("37. 807;15 руб.", 37807.15), ("290:775.65 USD", 290775.65), ("39. 026.47", 39026.47),
 ])
 def test_amounts_as_documents_write_them_become_numbers(text, value):
     assert normalise("amount", text) == pytest.approx(value)
@@ -82,6 +103,7 @@ def test_the_amount_a_label_points_at():
     assert find_amount("Total (3 items): 1 234,56 RUB").value == 1234.56
     assert find_amount("Итого - 1 200,00").value == 1200.0  # a dash after a label is no minus sign
     assert find_amount("12.03.2024") is None  # a date is no amount
+    assert find_amount("Total 3; 12").value == 12.0  # a semicolon and a space are no decimal separator
     for bad in ("twelve", "1 234,56 or 7", "12.03.2024"):
         with pytest.raises(NotAValue, match="is not an amount"):
             normalise("amount", bad)
@@ -289,6 +311,72 @@ def test_codes_are_repaired_from_ocr_look_alikes(read, cyrillic, repaired):
     assert repair_identifier(read, cyrillic) == repaired
 
 
+@pytest.mark.parametrize("text,number", [
+    ("Invoice #: A-O1383", "A-01383"),  # an O for a zero after the dash: the pattern sees the digits
+    ("Счёт-фактура №: БП- 003274", "БП-003274"), ("Invoice #: INV-2025 -8624", "INV-2025-8624"),  # spaces at a dash
+    ("Invoice No. -_INV-2022-8936", "INV-2022-8936"),  # an underscore read beside it is no part of it
+    ("Счёт № 145 - 12.03.2024", "145"),  # a dash with spaces both sides parts two things
+])
+def test_codes_are_found_as_ocr_breaks_them(invoice, text, number):
+    assert find_fields(invoice, [line(text, 100, 100, 900, 130)])["number"].value == number
+
+
+@pytest.mark.parametrize("code,cyrillic,unsure", [
+    ("Б1-000267", True, True), ("Б11-003959", True, True), ("BN-008606", True, True), ("BIT-003184", True, True),
+    ("INV-2024-7А", False, True),  # letters of both scripts
+    ("БП-000267", True, False), ("INV003736", False, False), ("INV-2024-0042", False, False),
+    ("2021/975", False, False), ("A-08230", False, False), ("4558", True, False), ("9909/21", True, False),
+])
+def test_codes_that_look_misread(code, cyrillic, unsure):
+    assert unsure_code(code, cyrillic) is unsure
+
+
+def test_the_lines_a_field_rests_on_and_whether_it_is_doubtful(invoice):
+    title = line("Invoice 1№\\/003465 dated 17/02/2020", 100, 100, 900, 130)
+    fields, used = field_lines(invoice, [title, line("Total: 5.00", 600, 400, 900, 430)])
+    assert fields["number"].value == "1" and used["number"] == FieldLines((title,), doubtful=True)  # part of a word
+    assert used["date"].lines == (title,) and not used["date"].doubtful
+    repaired = line("Invoice No.: INVO03465", 100, 100, 900, 130)
+    fields, used = field_lines(invoice, [repaired])
+    assert fields["number"].value == "INV003465" and used["number"].doubtful  # needed repair
+    label, value = line("Date", 100, 100, 200, 130), line("12.03.2024", 100, 140, 260, 170)
+    fields, used = field_lines(invoice, [label, value])
+    assert fields["date"].value == "2024-03-12" and used["date"] == FieldLines((label, value), doubtful=False)
+    assert used["total"] == FieldLines() and fields["total"].value is None
+
+
+def test_specks_between_column_labels_do_not_move_the_columns(invoice):
+    # "." read from specks before "Дата выставления": the value under it starts left of the speck's end
+    labels = line("Счёт № . Дата выставления . Срок оплаты", 99, 383, 1083, 409,
+                  words=((99, 164), (181, 197), (519, 533), (546, 601), (615, 765), (911, 924), (937, 990),
+                         (1003, 1082)))
+    values = line("2021-2488 3 апреля 2021 г. 03.05.2021", 100, 423, 1042, 448,
+                  words=((100, 225), (520, 532), (545, 620), (632, 682), (695, 720), (911, 1042)))
+    fields = find_fields(invoice, [labels, values])
+    assert (fields["number"].value, fields["date"].value, fields["due_date"].value) == \
+        ("2021-2488", "2021-04-03", "2021-05-03")
+
+
+def test_the_next_column_s_text_does_not_hide_the_value_under_a_label(invoice):
+    # "Срок‘оплаты" (a misread label) far right of "Дата выставления" is another column's, not a value
+    labels = line("Счёт № Дата выставления Срок‘оплаты", 83, 274, 865, 296,
+                  words=((83, 130), (136, 156), (420, 468), (477, 606), (735, 865)))
+    values = line("БП-002522 2026-06-28 05.07.2026", 83, 301, 835, 320, words=((83, 180), (420, 521), (735, 835)))
+    fields = find_fields(invoice, [labels, values])
+    assert fields["date"].value == "2026-06-28" and fields["due_date"].value == "2026-07-05"
+    # close by, the same words are what follows the label: no value below
+    near = line("Дата выставления срок", 83, 274, 400, 296, words=((83, 130), (136, 300), (310, 400)))
+    assert find_fields(invoice, [near, values])["date"].value is None
+
+
+def test_a_lone_sign_heading_a_table_is_no_label_for_the_row_below(invoice):
+    header = line("№ Наименование Кол-во Цена Сумма", 98, 548, 1157, 569,
+                  words=((98, 111), (183, 340), (729, 806), (869, 920), (1094, 1157)))
+    row = line("1 Кабель медный 3 619,47 1 858,41", 99, 580, 1157, 600,
+               words=((99, 108), (183, 260), (270, 340), (729, 740), (869, 940), (1094, 1110), (1120, 1157)))
+    assert find_fields(invoice, [header, row])["number"].value is None
+
+
 def test_only_identifier_fields_are_repaired(invoice):
     lines = [line("Invoice No.: INVO03960", 100, 100, 600, 130), line("Bill to: OOO Bank", 100, 150, 600, 180)]
     fields = find_fields(invoice, lines)
@@ -299,6 +387,63 @@ def test_pick_last_takes_the_grand_total_and_pages_are_kept(invoice):
     lines = [line("Итого: 100,00", 600, 900, 900, 930, page=0), line("Итого: 250,00", 600, 300, 900, 330, page=1)]
     fields = find_fields(invoice, lines)
     assert fields["total"].value == 250.0 and fields["total"].page == 1
+
+
+def test_words_are_placed_by_the_engine_s_word_boxes_when_it_gives_them():
+    def word(text, x1, x2, score=0.9):
+        return Block(bbox=(x1, 10, x2, 40), category="Word", text=text, score=score)
+
+    block = Block(bbox=(10, 10, 700, 40), category="Line", text="Invoice # 1 234,56", score=0.8,
+                  words=[word("Invoice", 10, 120), word("#", 130, 150, 0.4), word("1 234,56", 500, 700)])
+    (read,) = lines_of(PageResult(blocks=[block], model="m", task="text"), 0, Image.new("L", (800, 60), 255))
+    assert read.words == ((10, 120), (130, 150), (500, 525), (550, 700))  # a box of two words is shared
+    assert read.weakest == 0.4 and read.score == 0.8
+    mismatched = block.model_copy(update={"text": "Invoice # 1 234,56 RUB"})
+    (read,) = lines_of(PageResult(blocks=[mismatched], model="m", task="text"), 0)
+    assert read.words is None  # words that do not make up the line: no places (no image to estimate them)
+
+
+def test_tesseract_gives_each_line_its_words_with_boxes_and_scores():
+    from models.registry import Profile
+    from models.tesseract_ocr import TesseractAdapter
+    from utils.config import cached_settings
+
+    adapter = TesseractAdapter("tesseract", cached_settings().model("tesseract"), Profile(device="cpu"))
+    adapter.load()
+    try:
+        image = Image.new("RGB", (900, 80), "white")
+        face = font(32)
+        ImageDraw.Draw(image).text((20, 20), "Invoice No 4521", font=face, fill="black")
+        result = adapter.run(image, "text", RunOptions())
+    finally:
+        adapter.close()
+    (block,) = result.blocks
+    assert " ".join(w.text for w in block.words) == block.text == "Invoice No 4521"
+    assert all(w.category == "Word" and 0 <= w.score <= 1 for w in block.words)
+    starts = [20 + face.getlength(prefix) for prefix in ("", "Invoice ", "Invoice No ")]
+    assert [w.bbox[0] for w in block.words] == pytest.approx(starts, abs=5)  # where each word is
+
+
+def test_a_sheet_sets_each_line_alone_at_a_few_sizes_and_maps_readings_back():
+    page = Image.new("L", (600, 200), 230)  # grey paper
+    ImageDraw.Draw(page).text((50, 40), "Invoice No 77", font=font(20), fill=0)
+    ImageDraw.Draw(page).text((50, 65), "Date 12.03.2024", font=font(20), fill=0)
+    first, second = line("Invoice No 77", 50, 40, 250, 60), line("Date 12.03.2024", 50, 65, 260, 85)
+    sheet = line_sheet(page, [first, second], heights=(20, 40))
+    assert [(row.line, row.scale) for row in sheet.rows] == [(first, 1.0), (first, 2.0), (second, 1.0), (second, 2.0)]
+    assert sheet.image.getpixel((1, 1)) == 230  # the cuts' paper
+    bottom = sheet.rows[1]
+    # what an engine reads on the second row (the first line at twice its size), and a letter's tail
+    # from the line below reaching into the cut: off the row's middle, so left out
+    middle = bottom.top + (50 - bottom.cut[1]) * 2
+    read = Block(bbox=(sheet.margin + 20, middle - 20, sheet.margin + 400, middle + 20), category="Line",
+                 text="Invoice No 78", score=0.9)
+    tail = Block(bbox=(sheet.margin, middle + 17, sheet.margin + 30, middle + 30), category="Line", text="ll")
+    readings = read_back(sheet, PageResult(blocks=[read, tail], model="m", task="text"))
+    assert [[n.text for n in r] for r in readings] == [[], ["Invoice No 78"], [], []]
+    (back,) = readings[1]
+    assert back.bbox == pytest.approx((bottom.cut[0] + 10, 40, bottom.cut[0] + 200, 60))
+    assert back.page == 0 and back.score == 0.9
 
 
 def test_lines_without_boxes_come_from_the_text():
@@ -423,6 +568,33 @@ def test_a_correction_is_normalised_and_a_bad_one_keeps_the_value(invoice):
     assert updated.fields["total"].value == 10.0
 
 
+def test_a_corrected_field_keeps_the_engine_s_value_and_kept_corrections_apply_again(invoice):
+    extraction = Extraction(file="a.png", template="invoice", model="m", fields=empty_fields(invoice))
+    extraction.fields["total"].value, extraction.fields["total"].source = 10.0, "10,00"
+    extraction.problems = ["page 2: no text", *check_problems(invoice, extraction)]
+    once, first = correct(invoice, extraction, "total", "12,50")
+    twice, second = correct(invoice, once, "total", "13")
+    assert (twice.fields["total"].value, twice.fields["total"].original, twice.fields["total"].corrected) == \
+        (13.0, 10.0, True)
+    data = twice.to_json()
+    assert data["fields"]["total"] == 13.0  # the download gives the person's value, and the engine's beside it
+    assert data["sources"]["total"] == {"text": "10,00", "page": None, "bbox": None, "corrected": True,
+                                        "original": 10.0}
+    assert ",13.0," in to_csv(invoice, [twice]).splitlines()[1]
+    back, _ = correct(invoice, twice, "total", "10.00")  # the engine's own value: no longer a correction
+    assert (back.fields["total"].corrected, back.fields["total"].original) == (False, None)
+
+    dated, third = correct(invoice, extraction, "date", "1 апреля 2024")
+    kept = apply_corrections(invoice, extraction, [first, second, third, Correction(field="gone", before=None,
+                                                                                   after="x")])
+    assert kept.values() == {**twice.values(), "date": "2024-04-01"}  # a field the template lost is passed over
+    assert kept.problems == ["page 2: no text", "number: required, not found"]  # problems follow the values
+    assert kept.to_json()["sources"]["date"] == {"text": None, "page": None, "bbox": None, "corrected": True,
+                                                 "original": None}
+    cleared, _ = correct(invoice, extraction, "total", "")
+    assert cleared.to_json()["sources"]["total"]["original"] == 10.0 and cleared.values()["total"] is None
+
+
 def test_csv_has_one_row_per_document_and_json_names_the_sources(invoice):
     first = Extraction(file="a.png", template="invoice", model="m", fields=empty_fields(invoice))
     first.fields["total"].value, first.fields["total"].source, first.fields["total"].page = 5.5, "5,50", 0
@@ -439,14 +611,9 @@ def test_csv_has_one_row_per_document_and_json_names_the_sources(invoice):
 
 # --- a whole document through a loader ------------------------------------------------------------
 
-class FakeSpec:
-    def __init__(self, tasks):
-        self.tasks = tasks
-
-
 class FakeSettings:
-    def __init__(self, tasks):
-        self._spec = FakeSpec(tasks)
+    def __init__(self, tasks, adapter="tesseract_ocr", options=None):
+        self._spec = ModelSpec(adapter=adapter, label=adapter, tasks=tasks, options=options or {})
         self.documents = DocumentLimits()
 
     def model(self, name):
@@ -527,3 +694,87 @@ def test_a_second_look_at_double_size_fills_only_the_missing_required_fields(inv
     complete = ScriptedOCR([first + [("Total: 1.00", (10, 70, 200, 90))]])
     assert extract_document(complete, blank_document, invoice, "tesseract").values()["total"] == 1.0
     assert len(complete.sizes) == 1  # nothing missing: no second look
+
+
+def _line_block(text, box, score=0.9):
+    """A line as Tesseract gives it: its words with boxes shared out by characters, each with `score`."""
+    x1, y1, x2, y2 = box
+    words, offset = [], 0
+    for word in text.split():
+        start = text.index(word, offset)
+        offset = start + len(word)
+        words.append(Block(bbox=(x1 + (x2 - x1) * start / len(text), y1, x1 + (x2 - x1) * offset / len(text), y2),
+                           category="Word", text=word, score=score))
+    return Block(bbox=box, category="Line", text=text, score=score, words=words)
+
+
+class ReadingAgainOCR:
+    """Stands in for the Loader with Tesseract (rus+eng): the page gives scripted lines; a sheet of lines
+    read again gives, for each band of ink on it (a row), the next scripted (text, score)."""
+
+    def __init__(self, page, rows):
+        self.settings = FakeSettings(["text", "layout"], options={"languages": "rus+eng"})
+        self.page, self.rows, self.requests = page, list(rows), []
+
+    def run(self, model, image, task, options=None, on_token=None, page=None, source=None, on_wait=None):
+        self.requests.append((image.size, options.languages if options else None))
+        if source == "scan.png":
+            blocks = [_line_block(text, box, score) for text, box, score in self.page]
+        else:
+            ink = np.asarray(image.convert("L")) < 128
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], ink.any(axis=1).astype(np.int8), [0]))))
+            blocks = []
+            for top, bottom in zip(edges[::2], edges[1::2]):
+                columns = np.flatnonzero(ink[top:bottom].any(axis=0))
+                text, score = self.rows.pop(0)
+                blocks.append(_line_block(text, (float(columns[0]), float(top), float(columns[-1] + 1),
+                                                 float(bottom)), score))
+        return PageResult(text="\n".join(b.text for b in blocks), blocks=blocks, model=model, task=task)
+
+
+def _scan(boxes):
+    """A page with a bar of ink where each line is, for the sheet's cuts to hold."""
+    image = Image.new("RGB", (1000, 400), "white")
+    draw = ImageDraw.Draw(image)
+    for x1, y1, x2, y2 in boxes:
+        draw.rectangle((x1 + 2, y1 + 4, x2 - 2, y2 - 4), fill="black")
+    return open_document("scan.png", png_bytes(image))
+
+
+ENGLISH = [("Bill to: Northwind Trading Ltd, Baker Street, London", (100, 200, 800, 224), 0.95),
+           ("Date of issue: 2021-09-11", (100, 100, 500, 124), 0.95), ("Amount due: $193.26", (600, 300, 900, 324), 0.95)]
+
+
+def test_a_code_misread_in_two_scripts_is_read_again_in_latin_alone(invoice):
+    number = ("INVOICE NO.: 1№\\/003465", (100, 50, 500, 74), 0.83)  # "INV" read with rus+eng
+    loader = ReadingAgainOCR([number, *ENGLISH], rows=[("INVOICE NO.: INVO03465", 0.6), ("INVOICE NO.: INV003465", 0.5),
+                                                       ("INVOICE NO.: 1NV003465", 0.7)])
+    extraction = extract_document(loader, _scan([number[1]] + [line[1] for line in ENGLISH]), invoice, "tesseract")
+    assert extraction.values()["number"] == "INV003465"  # the one reading that is no doubtful code
+    x1, y1, x2, y2 = extraction.fields["number"].bbox  # in the page's pixels, inside the line's box
+    assert 250 < x1 < x2 <= 500 and 50 <= y1 < y2 <= 74
+    (page, _), (sheet, languages) = loader.requests
+    assert languages == "eng" and sheet != page and not loader.rows  # one sheet: the line at three sizes
+
+
+def test_a_reading_again_is_taken_only_when_it_is_better(invoice):
+    russian = [("Покупатель: ООО Ромашка, город Москва, улица Ленина", (100, 200, 800, 224), 0.95),
+               ("Дата счёта: 05.02.2024", (100, 100, 500, 124), 0.95), ("Итого к оплате: 5 795,08", (600, 300, 900, 324), 0.95)]
+    number = ("Счёт №: Б1-000267", (100, 50, 500, 74), 0.5)  # "П" read as "1": a code that looks misread
+    boxes = [number[1]] + [line[1] for line in russian]
+    better = ReadingAgainOCR([number, *russian], rows=[("Счёт №: Б1-000267", 0.4), ("Счёт №: БП-000267", 0.7),
+                                                       ("Счёт №: bII-000267", 0.8)])
+    assert extract_document(better, _scan(boxes), invoice, "tesseract").values()["number"] == "БП-000267"
+    assert better.requests[1][1] is None  # a Russian page: read again with the engine's own languages
+    # a reading that lost the label, and ones the engine is less sure of: the first reading stands
+    worse = ReadingAgainOCR([number, *russian], rows=[("Сч: БП-000267", 0.9), ("Счёт №: Б1-000267", 0.3),
+                                                      ("Счёт №: Б11-000267", 0.4)])
+    extraction = extract_document(worse, _scan(boxes), invoice, "tesseract")
+    assert extraction.values()["number"] == "Б1-000267" and extraction.fields["number"].source == "Б1-000267"
+
+
+def test_clean_fields_are_not_read_again(invoice):
+    number = ("Invoice No.: INV-2021-0042", (100, 50, 500, 74), 0.9)
+    loader = ReadingAgainOCR([number, *ENGLISH], rows=[])
+    extraction = extract_document(loader, _scan([number[1]] + [line[1] for line in ENGLISH]), invoice, "tesseract")
+    assert extraction.values()["number"] == "INV-2021-0042" and len(loader.requests) == 1

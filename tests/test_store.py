@@ -1,5 +1,5 @@
 """The results store: what is saved comes back as it was; filters, search, delete, schema versions,
-kept documents within their size limit, and many processes writing at once."""
+kept documents within their size limit, many processes writing at once, extractions and their corrections."""
 from __future__ import annotations
 
 import datetime as dt
@@ -14,8 +14,10 @@ from models.contract import Block, PageResult, ResultKey, RunOptions
 from tests.conftest import ROOT, png_bytes, render_text_page
 from tests.test_documents import make_pdf
 from utils.documents.reader import open_document
+from utils.extraction.result import ExtractedField, Extraction, check_problems, empty_fields
+from utils.extraction.templates import resolve_template
 from utils.store import SchemaError, Store
-from utils.store.schema import VERSION
+from utils.store.schema import MIGRATIONS, VERSION
 
 
 def page_result(text: str, model: str = "tesseract", task: str = "text", page: int = 0, **extra) -> PageResult:
@@ -190,3 +192,66 @@ def test_many_processes_write_at_once(tmp_path):
     assert store.count() == 100
     assert {r.key.model for r in store.results(limit=200)} == {"m0", "m1", "m2", "m3"}
     assert store.count(model="m3") == 25 and store.count(search="writer page") == 100
+
+
+def extraction_of(doc) -> Extraction:
+    template = resolve_template("invoice")
+    fields = empty_fields(template)
+    fields["number"] = ExtractedField(value="INV-7", source="INV-7", page=0, bbox=(10, 20, 90, 40))
+    fields["total"] = ExtractedField(value=1200.0, source="1 200,00", page=0)
+    extraction = Extraction(file=doc.name, template="invoice", model="tesseract", fields=fields, pages=[0])
+    extraction.problems = check_problems(template, extraction)
+    return extraction
+
+
+def test_an_extraction_and_its_corrections_come_back_after_reopening(tmp_path):
+    doc = document(["Invoice INV-7"])
+    first = Store(tmp_path / "r.db")
+    extraction = extraction_of(doc)
+    kept = first.extractions.save(doc, extraction)
+    first.extractions.correct(kept, "total", 1250.0)
+    first.extractions.correct(kept, "date", "2024-03-12")
+    first.extractions.correct(kept, "total", 1300.0)  # the newest of a field counts
+
+    again = Store(tmp_path / "r.db")  # a restarted app
+    stored = again.extractions.latest(doc.digest, "invoice", "tesseract")
+    assert stored.id == kept and stored.extraction == extraction and stored.document_name == "scan.png"
+    assert [(c.field, c.before, c.after) for c in stored.corrections] == [
+        ("total", 1200.0, 1250.0), ("date", None, "2024-03-12"), ("total", 1250.0, 1300.0)]
+    assert again.kept_document(doc.digest).kept  # the document too, to show it again
+    assert again.extractions.latest(doc.digest, "invoice", "qwen_vl_2b") is None
+    assert again.extractions.latest(doc.digest, "receipt", "tesseract") is None
+
+    again.extractions.correct(kept, "total", 1200.0)  # back to what the engine read: no longer a correction
+    assert [c.field for c in again.extractions.get(kept).corrections] == ["date"]
+    newer = again.extractions.save(doc, extraction)  # run again: a fresh extraction, no corrections
+    assert again.extractions.latest(doc.digest, "invoice", "tesseract").corrections == []
+    assert newer != kept and again.extractions.get(kept).corrections
+    with pytest.raises(KeyError, match="no field 'colour'"):
+        again.extractions.correct(kept, "colour", "red")
+    with pytest.raises(KeyError, match="no stored extraction 999"):
+        again.extractions.correct(999, "total", 1.0)
+
+
+def test_a_version_3_database_gains_the_extraction_tables_and_keeps_its_results(tmp_path):
+    path = tmp_path / "r.db"
+    con = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:3]:  # the database as the app before extractions left it
+        migration(con)
+    con.execute("PRAGMA user_version = 3")
+    con.execute("""INSERT INTO results (digest, page, model, task, document_name, options, profile, device, text,
+                   markdown, result, created_at) VALUES ('d', 0, 'tesseract', 'text', 'old.png', '{}', 'default',
+                   'cpu', 'Invoice 1', '', ?, 1.0)""",
+                (page_result("Invoice 1").model_dump_json(),))
+    con.execute("INSERT INTO corrections (result_id, text, created_at) VALUES (1, 'Invoice 7', 2.0)")
+    con.close()
+
+    store = Store(path)
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == VERSION == 4
+    old = store.get(1)
+    assert old.document_name == "old.png" and old.result.text == "Invoice 1" and old.text == "Invoice 7"
+    doc = document(["Invoice INV-7"])
+    kept = store.extractions.save(doc, extraction_of(doc))
+    store.extractions.correct(kept, "number", "INV-8")
+    assert store.extractions.get(kept).corrections[0].after == "INV-8"

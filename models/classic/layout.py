@@ -34,6 +34,7 @@ PARAGRAPH_GAP = 0.6  # line heights beyond the page's usual line gap that separa
 class Word:
     text: str
     bbox: Box
+    score: float | None = None  # the engine's confidence in the word, 0-1, where it gives one
 
 
 @dataclass

@@ -7,18 +7,24 @@ in the line to its right on the same row (label and value columns), then in the 
 it (label above value). A neighbour line counts only when it holds the value and nothing else that
 looks like another value. Labels and text are compared with case, "ё", and Latin/Cyrillic look-alike
 letters folded (OCR mixes the two scripts), so "Cчёт" with a Latin C still matches "Счёт".
+
+Words are placed by the engine's own word boxes where it gives them (Tesseract), else from the ink
+of the page. `field_lines` also says which lines each value rests on and whether the reading looks
+unsure; `line_sheet` and `read_back` set such lines alone on a sheet for the engine to read again
+(utils/extraction/extract.py decides which reading to keep; this module runs no engine).
 """
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from models.contract import PageResult
+from models.contract import Block, PageResult
 from utils.extraction.normalise import Found, find_value, normalise
 from utils.extraction.result import ExtractedField
 from utils.extraction.templates import Template, TemplateField
@@ -57,7 +63,7 @@ def label_regex(label: str) -> str:
     parts = []
     for position, ch in enumerate(fold(label)):
         if ch == " ":
-            parts.append(r"[\s.,:;'’`\"-]*")
+            parts.append(r"[\s.,:;'‘’`\"-]*")
         elif ch == "." and position < len(label) - 1:
             parts.append(r"\.?")
         elif ch == "-":
@@ -85,6 +91,8 @@ class Line:
     bbox: Box
     # (x1, x2) of each whitespace-separated word, when the page image showed them.
     words: tuple[tuple[float, float], ...] | None = None
+    score: float | None = None  # the engine's confidence in the line's reading, 0-1, when it gives one
+    weakest: float | None = None  # its confidence in the line's least sure word (else in the line), 0-1
 
 
 def _otsu(pixels: np.ndarray) -> float:
@@ -185,19 +193,131 @@ def word_spans(gray: Image.Image, box: Box, text: str, line_height: float | None
     return tuple(spans)
 
 
+def engine_word_spans(block: Block) -> tuple[tuple[float, float], ...] | None:
+    """Where each whitespace-separated word of a line lies along x, from the engine's own word boxes;
+    a box the engine gave to a few words at once (a word read again as two) is shared among them in
+    proportion to their characters. None when the engine gave no word boxes, or words that do not
+    make up the line's text."""
+    if not block.words or " ".join(word.text for word in block.words).split() != block.text.split():
+        return None
+    spans: list[tuple[float, float]] = []
+    for word in block.words:
+        parts = word.text.split()
+        chars = sum(map(len, parts)) + len(parts) - 1
+        left, right = word.bbox[0], word.bbox[2]
+        offset = 0
+        for part in parts:
+            spans.append((left + (right - left) * offset / chars, left + (right - left) * (offset + len(part)) / chars))
+            offset += len(part) + 1
+    return tuple(spans)
+
+
 def lines_of(result: PageResult, page: int, image: Image.Image | None = None) -> list[Line]:
-    """The recognised lines of one page with their boxes (and their words' places when the page
-    image is given); the plain text's lines when the engine gave no boxes."""
+    """The recognised lines of one page with their boxes and their words' places: the engine's word
+    boxes where it gives them, else estimated from the ink of the page image when it is given; the
+    plain text's lines when the engine gave no boxes."""
     gray = image.convert("L") if image is not None else None
     blocks = [block for block in result.blocks if block.text.strip()]
     usual = float(np.median([block.bbox[3] - block.bbox[1] for block in blocks])) if blocks else None
     lines = []
     for block in blocks:
-        words = word_spans(gray, block.bbox, block.text, usual) if gray is not None else None
-        lines.append(Line(page, block.text, block.bbox, words))
+        words = engine_word_spans(block)
+        if words is None and gray is not None:
+            words = word_spans(gray, block.bbox, block.text, usual)
+        scores = [word.score for word in block.words if word.score is not None]
+        lines.append(Line(page, block.text, block.bbox, words, block.score, min(scores) if scores else block.score))
     if lines:
         return lines
     return [Line(page, text, (0.0, 0.0, 0.0, 0.0)) for text in result.text.splitlines() if text.strip()]
+
+
+@dataclass(frozen=True)
+class SheetRow:
+    line: Line  # the line as first read
+    cut: tuple[int, int, int, int]  # the part of the page cut out for it
+    top: int  # where the cut lies on the sheet (its left edge is at the sheet's margin)
+    scale: float  # sheet pixels per page pixel
+
+
+@dataclass(frozen=True)
+class LineSheet:
+    """Lines cut out of their page, each at a few sizes on rows of a blank sheet, for reading again."""
+
+    image: Image.Image
+    rows: tuple[SheetRow, ...]
+    margin: int
+
+
+# Line heights in pixels a line is set at: Tesseract reads letters of 20-30 pixels best, but which size
+# reads a given blurred or noisy line right varies, so it is read at a few.
+SHEET_HEIGHTS = (32, 48, 64)
+
+
+def line_sheet(image: Image.Image, lines: Sequence[Line], heights: Sequence[int] = SHEET_HEIGHTS) -> LineSheet:
+    """Each line's box cut out of the page and set, once per height, on a row of its own: scaled so that
+    the box is at least that high, with a blank as high as the tallest row between rows.
+
+    Read in the page, a line shares the engine's view with its neighbours: a label above a value, a
+    column's edge, a stamp. Alone, and on a plain background, its few characters get the attention. The
+    sheet's paper is the cuts' own paper grey, so no cut has an edge of its own."""
+    gray = image.convert("L")
+    cuts: list[tuple[Line, tuple[int, int, int, int], Image.Image, float]] = []
+    papers: list[float] = []
+    for line in lines:
+        x1, y1, x2, y2 = line.bbox
+        box_height = max(y2 - y1, 1.0)
+        cut = (max(0, int(x1 - 0.3 * box_height)), max(0, int(y1 - 0.08 * box_height)),
+               min(gray.width, int(x2 + 0.3 * box_height) + 1), min(gray.height, int(y2 + 0.08 * box_height) + 1))
+        if cut[2] <= cut[0] or cut[3] <= cut[1]:
+            continue
+        piece = gray.crop(cut)
+        papers.append(float(np.percentile(np.asarray(piece), 90)))
+        for height in heights:
+            scale = max(1.0, height / box_height)
+            sized = piece.resize((round(piece.width * scale), round(piece.height * scale)),
+                                 Image.Resampling.LANCZOS) if scale > 1.0 else piece
+            cuts.append((line, cut, sized, scale))
+    margin = max(heights, default=48)
+    width = max((piece.width for _, _, piece, _ in cuts), default=1) + 2 * margin
+    total = margin + sum(piece.height + margin for _, _, piece, _ in cuts) + margin
+    sheet = Image.new("L", (width, total), int(np.median(papers)) if papers else 255)
+    rows = []
+    top = margin
+    for line, cut, piece, scale in cuts:
+        sheet.paste(piece, (margin, top))
+        rows.append(SheetRow(line, cut, top, scale))
+        top += piece.height + margin
+    return LineSheet(sheet, tuple(rows), margin)
+
+
+def read_back(sheet: LineSheet, result: PageResult) -> list[list[Line]]:
+    """What the engine read in each row of the sheet (in the order of sheet.rows), in the page's pixels:
+    empty where it found nothing. A reading off the row's middle is left out: the tails of the letters
+    of a line above or below that came into the cut."""
+    again: list[list[Line]] = [[] for _ in sheet.rows]
+    for read in lines_of(result, 0, sheet.image):
+        middle = (read.bbox[1] + read.bbox[3]) / 2
+        number = next((number for number, row in enumerate(sheet.rows)
+                       if abs(middle - _row_middle(row)) <= 0.3 * _height(row.line.bbox) * row.scale), None)
+        if number is None:
+            continue
+        row = sheet.rows[number]
+
+        def x(value: float, row: SheetRow = row) -> float:
+            return row.cut[0] + (value - sheet.margin) / row.scale
+
+        def y(value: float, row: SheetRow = row) -> float:
+            return row.cut[1] + (value - row.top) / row.scale
+
+        words = tuple((x(a), x(b)) for a, b in read.words) if read.words is not None else None
+        again[number].append(Line(row.line.page, read.text, (x(read.bbox[0]), y(read.bbox[1]), x(read.bbox[2]),
+                                                              y(read.bbox[3])), words, read.score, read.weakest))
+    return again
+
+
+def _row_middle(row: SheetRow) -> float:
+    """Where the middle of the row's line lies on the sheet."""
+    return row.top + ((row.line.bbox[1] + row.line.bbox[3]) / 2 - row.cut[1]) * row.scale
 
 
 @dataclass(frozen=True)
@@ -246,6 +366,24 @@ def _labels(line: Line, compiled: _Compiled) -> list[_Label]:
             continue
         kept.append(label)
     return kept
+
+
+def _worded_labels(line: Line, compiled: _Compiled) -> Counter[str]:
+    """The fields whose labels in this line hold letters ("Date", "Счёт №"; not "№" or "#" alone)."""
+    folded = fold(line.text)
+    return Counter(label.field for label in _labels(line, compiled)
+                   if label.field is not None and len(re.findall(r"[^\W\d_]", folded[label.start:label.end])) >= 2)
+
+
+def labels_kept(template: Template, old: Line, new: Sequence[Line], kind: str = "classic", model: str = "") -> bool:
+    """Whether a line's new reading still holds every label with letters its first reading held. A
+    sign read in a word ("№1" for "NW1") may go; a word going ("Дата" read as "lata") means the new
+    reading lost what the first one had."""
+    compiled = _compile(template, kind, model)
+    kept: Counter[str] = Counter()
+    for line in new:
+        kept += _worded_labels(line, compiled)
+    return not (_worded_labels(old, compiled) - kept)
 
 
 def _x_at(line: Line, offset: int, end: bool) -> float:
@@ -334,57 +472,126 @@ def _column(line: Line, labels: list[_Label], left: float, right: float) -> tupl
     return line.text[start:end], start
 
 
+# A space OCR put on one side of a dash or slash inside a code ("БП- 003274", "INV-2025 -8624"); one on
+# each side ("145 - 12.03.2024") is punctuation between two things.
+_SPACED_JOIN = re.compile(r"(?<=[^\W_][-/]) (?=[^\W_])|(?<=[^\W_]) (?=[-/][^\W_])")
+
+
+def _find(spec: TemplateField, text: str, pattern: re.Pattern[str] | None) -> Found | None:
+    """A value of the field's type in `text`, its span in `text`. A code is looked for with the O's
+    that stand for zeros as zeros ("A-O1383") and without the spaces OCR put beside its dashes."""
+    if not spec.identifier:
+        return find_value(spec.type, text, pattern=pattern, order=spec.date_order)
+    kept = [i for i in range(len(text)) if not (text[i] == " " and _SPACED_JOIN.match(text, i))]
+    joined = zeros_for_o("".join(text[i] for i in kept))
+    found = find_value(spec.type, joined, pattern=pattern, order=spec.date_order)
+    if found is None or found.end <= found.start:
+        return found
+    return Found(found.value, kept[found.start], kept[found.end - 1] + 1)
+
+
+def _partial(text: str, start: int, end: int) -> bool:
+    """The value at start..end is only part of the word it is in: letters, digits or slashes touch it
+    ("1" of "1№\\/003465"), beyond punctuation and currency signs."""
+    before = re.search(r"\S*$", text[:start])
+    after = re.match(r"\S*", text[end:])
+    rest = (before.group() if before else "") + (after.group() if after else "")
+    return bool(re.search(r"[\w\\/|]", rest))
+
+
+COLUMN_GAP = 1.5  # a blank this many line heights wide between words parts columns; word gaps are ~0.3
+
+
+def _column_end(line: Line, start: int, end: int) -> int:
+    """Where the text start..end of a line meets a blank as wide as a column gap (the next column's
+    text, say a label the engine misread: "Дата выставления      Срок‘оплаты"); `end` when it does not,
+    or when the words' places are not known."""
+    if line.words is None:
+        return end
+    previous = _x_at(line, start, end=True)
+    for word in re.finditer(r"\S+", line.text[start:end]):
+        if _x_at(line, start + word.start(), end=False) - previous > COLUMN_GAP * _height(line.bbox):
+            return start + word.start()
+        previous = _x_at(line, start + word.end(), end=True)
+    return end
+
+
 def _value_near(page: _Page, index: int, position: int, spec: TemplateField,
-                pattern: re.Pattern[str] | None) -> ExtractedField | None:
+                pattern: re.Pattern[str] | None) -> tuple[ExtractedField, Line, bool] | None:
+    """The value a label points at, the line it was read from, and whether it is only part of a word."""
     line = page.lines[index]
     labels = page.labels[index]
     label = labels[position]
     following = labels[position + 1] if position + 1 < len(labels) else None
     end = following.start if following is not None else len(line.text)
     segment = line.text[label.end:end]
-    found = find_value(spec.type, segment, pattern=pattern, order=spec.date_order)
+    found = _find(spec, segment, pattern)
     if found is not None and spec.type == "string" and re.search(r"[^\W_]", segment[:found.start]):
         found = None  # a text value follows its label: "Счёт действителен 10 дней" is no number
     if found is not None:
-        start = label.end + found.start
-        return ExtractedField(value=found.value, source=line.text[start:label.end + found.end].strip(),
-                              page=line.page, bbox=_span_box(line, start, label.end + found.end))
-    if re.search(r"\d|[^\W\d_]{2}", segment):
-        return None  # something else follows the label on its line (not punctuation, not a stray letter)
+        start, end = label.end + found.start, label.end + found.end
+        return ExtractedField(value=found.value, source=line.text[start:end].strip(), page=line.page,
+                              bbox=_span_box(line, start, end)), line, _partial(line.text, start, end)
+    if re.search(r"\d|[^\W\d_]{2}", line.text[label.end:_column_end(line, label.end, end)]):
+        return None  # something else follows the label in its column (not punctuation, not a stray letter)
+    if not re.search(r"[^\W\d_]", line.text[label.start:label.end]):
+        return None  # a sign alone ("№" heading a table's first column) points at nothing beside or below
     label_box = _span_box(line, label.start, label.end)
     # Beside the label: the text of the line to its right, before any label of its own.
     right_lines = page.beside(index, label_box, "right")
     candidates = [(other, page.unlabelled_prefix(other), 0) for other in right_lines]
     # Under the label: the words of the next line in this label's column, which ends where the
     # next word on the label's row starts ("Invoice #   Date   Due date"), in its line or another.
-    words = list(re.finditer(r"\S+", line.text))
+    # Specks read as punctuation ("Счёт № . Дата") are no words: they would move the column's edges.
+    words = [w for w in re.finditer(r"\S+", line.text) if re.search(r"[^\W_]", w.group())]
     before = [w.end() for w in words if w.end() <= label.start]
     after = [w.start() for w in words if w.start() >= label.end]
     left_lines = page.beside(index, label_box, "left")
     previous_x = _x_at(line, before[-1], end=True) if before else \
         page.lines[left_lines[0]].bbox[2] if left_lines else None
-    # Values sit under their label, left-aligned or centred: a word a quarter of the way back
-    # towards the previous column is already that column's.
+    # Values sit under their label, left-aligned or centred, and may start a little left of it: a
+    # word a quarter of the way back towards the previous column is already this column's, and one
+    # a quarter of the way back from the next column is already the next column's.
     label_x = _x_at(line, label.start, end=False)
     left = label_x - 0.25 * (label_x - previous_x) if previous_x is not None else float("-inf")
-    right = _x_at(line, after[0], end=False) if after else \
-        page.lines[right_lines[0]].bbox[0] if right_lines else float("inf")
+    next_x = _x_at(line, after[0], end=False) if after else \
+        page.lines[right_lines[0]].bbox[0] if right_lines else None
+    label_end = _x_at(line, label.end, end=True)
+    right = next_x - 0.25 * (next_x - label_end) if next_x is not None else float("inf")
     for other in page.below(index, label_box):
         column = _column(page.lines[other], page.labels[other], left, right)
         if column is not None:
             candidates.append((other, *column))
     for other, text, offset in candidates:
-        found = find_value(spec.type, text, pattern=pattern, order=spec.date_order)
+        found = _find(spec, text, pattern)
         if found is not None and _alone(spec.type, found, text, pattern):
             neighbour = page.lines[other]
+            start, end = offset + found.start, offset + found.end
             return ExtractedField(value=found.value, source=text[found.start:found.end].strip(), page=neighbour.page,
-                                  bbox=_span_box(neighbour, offset + found.start, offset + found.end))
+                                  bbox=_span_box(neighbour, start, end)), neighbour, \
+                _partial(neighbour.text, start, end)
     return None
 
 
 def find_fields(template: Template, lines: Iterable[Line], kind: str = "classic",
                 model: str = "") -> dict[str, ExtractedField]:
     """Every template field found in the lines (of one or more pages); absent fields have value None."""
+    return field_lines(template, lines, kind, model)[0]
+
+
+@dataclass(frozen=True)
+class FieldLines:
+    """The lines a field's value rests on: the line of every label tried, up to the one that gave the
+    value, and the value's own line. `doubtful`: the value was only part of a word there, or a code
+    that needed repair (an O for a zero, a letter of the other script) — the reading was unsure."""
+
+    lines: tuple[Line, ...] = ()
+    doubtful: bool = False
+
+
+def field_lines(template: Template, lines: Iterable[Line], kind: str = "classic", model: str = ""
+                ) -> tuple[dict[str, ExtractedField], dict[str, FieldLines]]:
+    """`find_fields`, and for each field the lines its value rests on."""
     compiled = _compile(template, kind, model)
     by_page: dict[int, list[Line]] = {}
     for line in lines:
@@ -400,26 +607,41 @@ def find_fields(template: Template, lines: Iterable[Line], kind: str = "classic"
                     order = (number, box[1], box[0], label.start)
                     occurrences.setdefault(label.field, []).append((order, number, index, position))
     fields: dict[str, ExtractedField] = {}
+    used: dict[str, FieldLines] = {}
     for name, spec in template.fields.items():
         fields[name] = ExtractedField()
+        tried: list[Line] = []
+        doubtful = False
         candidates = sorted(occurrences.get(name, []))
         if spec.pick == "last":
             candidates.reverse()
         for _, number, index, position in candidates:
+            tried.append(pages[number].lines[index])
             value = _value_near(pages[number], index, position, spec, compiled.values[name])
             if value is not None:
-                fields[name] = _typed(spec, value, _mostly_cyrillic(pages[number].lines))
+                fields[name] = _typed(spec, value[0], _mostly_cyrillic(pages[number].lines))
+                tried.append(value[1])
+                code = fields[name].value
+                doubtful = value[2] or (spec.identifier and isinstance(code, str) and (
+                    code != value[0].source or unsure_code(code, _mostly_cyrillic(pages[number].lines))))
                 break
-    return fields
+        used[name] = FieldLines(tuple(dict.fromkeys(tried)), doubtful)
+    return fields, used
 
 
 _LATIN_LOOKS = "ABCEHKMOPTXaceopxy"
 _CYRILLIC_LOOKS = "АВСЕНКМОРТХасеорху"
 _TO_CYRILLIC = str.maketrans(_LATIN_LOOKS, _CYRILLIC_LOOKS)
 _TO_LATIN = str.maketrans(_CYRILLIC_LOOKS, _LATIN_LOOKS)
-# An O (Latin or Cyrillic) read for a zero: between digits, or before digits after a prefix of two
-# letters or more ("INVO03960"; "PO123" keeps its O).
-_O_FOR_ZERO = re.compile(r"(?<=\d)[OoОо]+(?=\d)|(?<=[^\W\d_]{2})[OoОо]+(?=\d)")
+# An O (Latin or Cyrillic) read for a zero: between digits, before digits after a prefix of two
+# letters or more ("INVO03960"; "PO123" keeps its O), or after a dash or slash that follows a letter
+# or digit ("A-O1383", "2021/O75").
+_O_FOR_ZERO = re.compile(r"(?<=\d)[OoОо]+(?=\d)|(?<=[^\W\d_]{2})[OoОо]+(?=\d)|(?<=[^\W_][-/])[OoОо]+(?=\d)")
+
+
+def zeros_for_o(text: str) -> str:
+    """`text` with the O's that stand for zeros in codes as zeros; as long as `text`."""
+    return _O_FOR_ZERO.sub(lambda match: "0" * len(match.group()), text)
 
 
 def repair_identifier(value: str, cyrillic: bool) -> str:
@@ -433,7 +655,22 @@ def repair_identifier(value: str, cyrillic: bool) -> str:
         foreign = [ch for ch in value if "а" <= ch.lower() <= "я" or ch in "ёЁ"]
         if foreign and all(ch in _CYRILLIC_LOOKS for ch in foreign):
             value = value.translate(_TO_LATIN)
-    return _O_FOR_ZERO.sub(lambda match: "0" * len(match.group()), value)
+    return zeros_for_o(value)
+
+
+def unsure_code(value: str, cyrillic: bool) -> bool:
+    """A code (after repair) that OCR probably misread: letters of both scripts, or of the script the
+    page is not in ("BN-008606" on a Russian page), or letters and digits mixed in a part before a dash
+    or slash ("Б1-000267", "Б11-003959": "П" read as "1" or "11") or a letter after a digit. Codes keep
+    letters and digits in parts of their own ("БП-000267", "INV-2024-0042"), or end in letters then
+    digits ("INV003736")."""
+    latin = re.search(r"[A-Za-z]", value) is not None
+    russian = re.search(r"[а-яёА-ЯЁ]", value) is not None
+    if (latin and russian) or (latin if cyrillic else russian):
+        return True
+    parts = re.split(r"[-/\s]+", value)
+    return any(re.search(r"\d[^\W\d_]", part) for part in parts) or \
+        any(re.search(r"\d", part) and re.search(r"[^\W\d_]", part) for part in parts[:-1])
 
 
 def _mostly_cyrillic(lines: Sequence[Line]) -> bool:

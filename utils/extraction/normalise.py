@@ -86,15 +86,18 @@ def _numeric_order(a: int, b: int, order: DateOrder) -> tuple[int, int]:
 _DATE_PATTERNS = (
     re.compile(r"(?<!\d)(?P<y>\d{4})[-./](?P<m>\d{1,2})[-./](?P<d>\d{1,2})(?!\d)"),
     re.compile(r"(?<!\d)(?P<a>\d{1,2})\s?(?P<sep>[./-])\s?(?P<b>\d{1,2})\s?(?P=sep)\s?(?P<y>\d{4}|\d{2})(?![\d])"),
-    # OCR reads a dot as a comma now and then: "30,09.2024" (four-digit years only)
-    re.compile(r"(?<![\d,.])(?P<a>\d{1,2})\s?[.,]\s?(?P<b>\d{1,2})\s?[.,]\s?(?P<y>\d{4})(?![\d])"),
-    # «12» марта 2024 г., where OCR often splits the quoted day ("«1 8»")
-    re.compile(r"[«\"“„]\s?(?P<qd>\d\s?\d?)\s?[»\"”]\s*(?P<mon>" + _WORD + r"{3,})\.?,?\s*(?P<y>\d{4})(?!\d)"),
+    # OCR reads a dot as a comma, a colon or a semicolon now and then: "30,09.2024", "17:04;2024"
+    # (four-digit years only, so that a time of day is no date)
+    re.compile(r"(?<![\d,.:;])(?P<a>\d{1,2})\s?[.,:;]\s?(?P<b>\d{1,2})\s?[.,:;]\s?(?P<y>\d{4})(?![\d])"),
+    # «12» марта 2024 г., where OCR often splits the quoted day ("«1 8»") and reads specks as
+    # punctuation around the month ("«08».марта 2019", "«02» ноября .2024")
+    re.compile(r"[«\"“„]\s?(?P<qd>\d\s?\d?)\s?[»\"”][.,]?\s*(?P<mon>" + _WORD + r"{3,})\.?,?\s*[.,`'’]?"
+               r"(?P<y>\d{4})(?!\d)"),
     # 12 марта 2024 г. · 12-Mar-2024 · 1st of March, 2024 · 2. January 2024
     re.compile(r"(?<!\d)(?P<d>\d{1,2})(?:st|nd|rd|th|\.)?\s*[»\"'”]?\s*(?:of\s+)?[-\s]?\s*(?P<mon>" + _WORD
-               + r"{3,})\.?,?[-\s]?\s*(?P<y>\d{4})(?!\d)", re.IGNORECASE),
-    # March 12, 2024 · Mar. 12 2024
-    re.compile(r"(?<!" + _WORD + r")(?P<mon>" + _WORD + r"{3,})\.?\s+[.,]?(?P<d>\d{1,2})(?:st|nd|rd|th)?,?\s*"
+               + r"{3,})\.?,?[-\s]?\s*[.,`'’]?(?P<y>\d{4})(?!\d)", re.IGNORECASE),
+    # March 12, 2024 · Mar. 12 2024 · June 29,. 2026 · May- 13,2021 (OCR's stray dots and dashes)
+    re.compile(r"(?<!" + _WORD + r")(?P<mon>" + _WORD + r"{3,})[.-]?\s+[.,]?(?P<d>\d{1,2})(?:st|nd|rd|th)?[,.]{0,2}\s*"
                r"(?P<y>\d{4})(?!\d)", re.IGNORECASE),
 )
 
@@ -125,15 +128,17 @@ def find_date(text: str, order: DateOrder = "dmy") -> Found | None:
 # optional decimal part of one or two digits; a minus sign only when it touches the digits (a dash
 # after a label, "Total - 1 234,56", is punctuation). Never part of a longer number such as a date.
 # The decimal part keeps OCR's stray space beside the separator when two digits follow ("37933, 72").
-_DECIMALS = r"(?:(?: (?=[.,] ?\d\d(?!\d)))?[.,](?: (?=\d\d(?!\d)))?\d{1,2})?"
+# OCR reads a space between groups as a speck now and then ("290:775.65", "39. 026.47") and a decimal
+# comma as a semicolon ("21217;92"): groups of exactly three digits and two decimals tell them apart.
+_DECIMALS = r"(?:(?: (?=[.,;] ?\d\d(?!\d)))?(?:[.,]|;(?=\d\d(?!\d)))(?: (?=\d\d(?!\d)))?\d{1,2})?"
 _AMOUNT = re.compile(
     r"(?<![\d.,])(?P<sign>(?<![^\s:(])[-\u2212](?=\d))?"
-    r"(?P<num>\d{1,3}(?P<group>[ " + _SPACES + r".,'’])\d{3}(?:(?P=group)\d{3})*" + _DECIMALS
+    r"(?P<num>\d{1,3}(?P<group>[ " + _SPACES + r".,'’:]|[.:] )\d{3}(?:(?P=group)\d{3})*" + _DECIMALS
     + r"|\d+" + _DECIMALS + r")(?![\d]|[.,]\d)")
 
 
 def _amount_value(number: str) -> Decimal:
-    digits = re.sub(r"[\s'’]", "", number)
+    digits = re.sub(r"[\s'’:]", "", number).replace(";", ",")
     last = max(digits.rfind("."), digits.rfind(","))
     decimal: int | None = None
     if last >= 0 and len(digits) - last - 1 <= 2:  # "1 234,56", "1.234,5", even "67.973.03"

@@ -1,7 +1,8 @@
 """What an extraction gives: one value per template field with where it was read, and the problems.
 
-The same object feeds the Extract page, `cli.py extract` (JSON / CSV) and, later, the results
-store; hand corrections go through `correct`, which normalises them like the engines' values.
+The same object feeds the Extract page, `cli.py extract` (JSON / CSV) and the results store; hand
+corrections go through `correct`, which normalises them like the engines' values, and come back from
+the store through `apply_corrections`; a corrected field keeps the engine's value beside its own.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class ExtractedField(BaseModel):
     page: int | None = Field(default=None, description="0-based page index")
     bbox: tuple[float, float, float, float] | None = Field(default=None, description="page pixels, when known")
     corrected: bool = False
+    original: Value = Field(default=None, description="a corrected field's value as the engine read it")
 
 
 class Correction(BaseModel):
@@ -56,8 +58,9 @@ class Extraction(BaseModel):
         return {
             "file": self.file, "template": self.template, "model": self.model, "fields": self.values(),
             "sources": {name: {"text": f.source, "page": None if f.page is None else f.page + 1,
-                               "bbox": list(f.bbox) if f.bbox else None, "corrected": f.corrected}
-                        for name, f in self.fields.items() if f.value is not None},
+                               "bbox": list(f.bbox) if f.bbox else None, "corrected": f.corrected,
+                               **({"original": f.original} if f.corrected else {})}
+                        for name, f in self.fields.items() if f.value is not None or f.corrected},
             "problems": self.problems, "error": self.error,
         }
 
@@ -94,12 +97,30 @@ def correct(template: Template, extraction: Extraction, name: str, text: str) ->
     except NotAValue as exc:
         raise NotAValue(f"{name}: {exc}") from None
     before = extraction.fields[name]
+    return _with_value(template, extraction, name, value), Correction(field=name, before=before.value, after=value)
+
+
+def apply_corrections(template: Template, extraction: Extraction, corrections: Iterable[Correction]) -> Extraction:
+    """`extraction` as the engine gave it with these corrections made, in order (kept ones, from the
+    store); a correction of a field the template no longer has is passed over."""
+    for correction in corrections:
+        if correction.field in template.fields and correction.field in extraction.fields:
+            extraction = _with_value(template, extraction, correction.field, correction.after)
+    return extraction
+
+
+def _with_value(template: Template, extraction: Extraction, name: str, value: Value) -> Extraction:
+    """A copy with field `name` set by hand: marked corrected, the engine's value kept beside it; back
+    to the engine's value, it is no longer a correction. Problems follow the values."""
+    before = extraction.fields[name]
+    original = before.original if before.corrected else before.value
     fields = dict(extraction.fields)
-    fields[name] = before.model_copy(update={"value": value, "corrected": True})
+    fields[name] = before.model_copy(update={"value": value, "corrected": value != original,
+                                             "original": original if value != original else None})
     updated = extraction.model_copy(update={"fields": fields})
     notes = [p for p in extraction.problems if not _is_field_problem(template, p)]
     updated.problems = check_problems(template, updated, notes)
-    return updated, Correction(field=name, before=before.value, after=value)
+    return updated
 
 
 def _is_field_problem(template: Template, problem: str) -> bool:

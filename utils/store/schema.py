@@ -153,6 +153,28 @@ V3 = [
 ]
 
 
+# A template's fields read from a document (the Extract page), kept as the engine gave them, and a
+# person's value of one field beside it (JSON; the newest per field counts), as with text corrections.
+V4 = [
+    """CREATE TABLE extractions (
+        id INTEGER PRIMARY KEY,
+        digest TEXT NOT NULL,
+        document_name TEXT NOT NULL,
+        template TEXT NOT NULL,
+        model TEXT NOT NULL,
+        extraction TEXT NOT NULL,
+        created_at REAL NOT NULL)""",
+    "CREATE INDEX extractions_key ON extractions(digest, template, model, created_at DESC, id DESC)",
+    """CREATE TABLE field_corrections (
+        id INTEGER PRIMARY KEY,
+        extraction_id INTEGER NOT NULL REFERENCES extractions(id) ON DELETE CASCADE,
+        field TEXT NOT NULL,
+        value TEXT NOT NULL,
+        created_at REAL NOT NULL)""",
+    "CREATE INDEX field_corrections_extraction ON field_corrections(extraction_id, created_at, id)",
+]
+
+
 def _statements(statements: list[str]) -> Callable[[sqlite3.Connection], None]:
     """A migration that is only these statements, in order."""
     def apply(con: sqlite3.Connection) -> None:
@@ -161,7 +183,7 @@ def _statements(statements: list[str]) -> Callable[[sqlite3.Connection], None]:
     return apply
 
 
-MIGRATIONS = (_v1, _statements(V2), _statements(V3))
+MIGRATIONS = (_v1, _statements(V2), _statements(V3), _statements(V4))
 VERSION = len(MIGRATIONS)
 
 

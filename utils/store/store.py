@@ -28,6 +28,7 @@ from models.contract import PageResult, ResultKey, RunOptions
 from utils.config import ROOT, DocumentLimits, Settings
 from utils.documents.reader import Document, DocumentError, open_document
 from utils.store.chats import Chats
+from utils.store.extractions import Extractions
 from utils.store.jobs import Jobs
 from utils.store.schema import migrate
 
@@ -136,6 +137,7 @@ class Store:
                 "SELECT 1 FROM sqlite_master WHERE name = 'results_fts'").fetchone() is not None
         self.jobs = Jobs(self)
         self.chats = Chats(self)
+        self.extractions = Extractions(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
