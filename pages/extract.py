@@ -1,26 +1,27 @@
 """Extract page: a template's fields (invoice, receipt, passport, ...) out of documents, as an
 editable table beside the page with each field's box, corrections by hand, JSON / CSV export.
+The documents are the workspace's (uploaded here or on any page) or those of a batch job (opened
+one at a time from the store's copies or their source files), one row each in the CSV.
 Every extraction and correction is kept in the results store: the same document, template and
 model shows its kept extraction again after a refresh or a restart, without running.
 UI only: extraction runs through utils.extraction and the loader."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from pages.ui.common import (
-    UPLOAD_TYPES,
-    get_loader,
-    model_catalog,
-    open_upload,
-    page_image,
-    require_app_shell,
-)
+from pages.ui.common import get_loader, model_catalog, page_image, require_app_shell
+from pages.ui.session import document_picker, restore_offer, show_notes, show_rejected, store_or_none
+from pages.ui.shell import draw_uploader
 from pages.ui.stored import get_store
+from pages.ui.workspace import get_workspace
+from utils.config import cached_settings
 from utils.documents.reader import Document, parse_page_selection
 from utils.extraction import templates as template_files
 from utils.extraction.extract import engine_kind, extract_document
@@ -33,6 +34,22 @@ FIELD_COLOUR = (230, 85, 13)
 EDITABLE = "Value"
 
 ResultKey = tuple[str, str, str]  # (document key, template name, model)
+WORKSPACE, JOB = "The workspace's documents", "A batch job's documents"
+
+
+class Source:
+    """A document to extract from, opened only when it is its turn (a job may hold thousands)."""
+
+    def __init__(self, name: str, digest: str | None, open_document: Callable[[], Document]):
+        self.name, self.digest, self.open = name, digest, open_document
+
+    @classmethod
+    def of(cls, document: Document) -> Source:
+        return cls(document.name, document.digest, partial(_itself, document))
+
+
+def _itself(document: Document) -> Document:
+    return document
 
 
 @st.cache_data(ttl=10, show_spinner=False)
@@ -112,13 +129,19 @@ def _bump_editor(key: ResultKey) -> None:
     versions[key] = versions.get(key, 0) + 1
 
 
-def _run(documents: list[Document], selection: str, template: Template, model: str) -> None:
+def _run(sources: Sequence[Source], selection: str, template: Template, model: str) -> None:
     loader = get_loader()
     failed = 0
     with st.status(f"Extracting {template.label} fields with {model}…", expanded=True) as status:
         bar = st.progress(0.0)
         live = st.empty()
-        for number, document in enumerate(documents):
+        for number, source in enumerate(sources):
+            try:
+                document = source.open()
+            except Exception as exc:  # a job's document whose copy and source are gone: one line, go on
+                st.error(one_line(exc))
+                failed += 1
+                continue
             streamed: list[str] = []
 
             def show_token(piece: str, streamed: list[str] = streamed) -> None:
@@ -127,7 +150,7 @@ def _run(documents: list[Document], selection: str, template: Template, model: s
 
             def on_page(done: int, total: int, index: int, document: Document = document,
                         number: int = number) -> None:
-                bar.progress((number + done / total) / len(documents),
+                bar.progress((number + done / total) / len(sources),
                              text=f"{document.name}: page {index + 1} ({done + 1} of {total})")
 
             try:
@@ -144,8 +167,8 @@ def _run(documents: list[Document], selection: str, template: Template, model: s
             _bump_editor(key)
         live.empty()
         bar.progress(1.0)
-        status.update(label=f"Extracted {len(documents) - failed} of {len(documents)} document(s)",
-                      state="error" if failed == len(documents) else "complete", expanded=bool(failed))
+        status.update(label=f"Extracted {len(sources) - failed} of {len(sources)} document(s)",
+                      state="error" if failed == len(sources) else "complete", expanded=bool(failed))
 
 
 def _display(value, kind: str = "string") -> str:
@@ -243,9 +266,17 @@ def _show(key: ResultKey, template: Template, document: Document, extraction: Ex
                      width="stretch")
 
 
-def _downloads(template: Template, model: str, document: Document, extraction: Extraction) -> None:
+def _downloads(template: Template, model: str, document: Document, extraction: Extraction,
+               sources: Sequence[Source], group: str) -> None:
+    """One document's files, and the group's (every document of the workspace or of the job that has an
+    extraction with this template and model, one row each)."""
     stem = Path(document.name).stem
-    batch = [e for (doc, name, used), e in _results().items() if name == template.name and used == model]
+    batch = []
+    for source in sources:
+        key = (source.digest or "", template.name, model)
+        _reopen(key, template)
+        if key in _results():
+            batch.append(_results()[key])
     cols = st.columns(4)
     cols[0].download_button("⬇ JSON", json.dumps(extraction.to_json(), ensure_ascii=False, indent=2),
                             file_name=f"{stem}_{template.name}.json", mime="application/json", key="dl_extract_json")
@@ -254,10 +285,54 @@ def _downloads(template: Template, model: str, document: Document, extraction: E
     if len(batch) > 1:
         cols[2].download_button(f"⬇ JSON (all {len(batch)})", json.dumps(
             {"template": template.name, "model": model, "documents": [e.to_json() for e in batch]},
-            ensure_ascii=False, indent=2), file_name=f"{template.name}_{model}.json", mime="application/json",
+            ensure_ascii=False, indent=2), file_name=f"{group}_{template.name}_{model}.json", mime="application/json",
             key="dl_extract_json_all")
         cols[3].download_button(f"⬇ CSV (all {len(batch)})", to_csv(template, batch),
-                                file_name=f"{template.name}_{model}.csv", mime="text/csv", key="dl_extract_csv_all")
+                                file_name=f"{group}_{template.name}_{model}.csv", mime="text/csv",
+                                key="dl_extract_csv_all")
+
+
+def _workspace_sources() -> tuple[list[Source], Document, str] | None:
+    """The workspace's documents (uploaded here or on any page) and the one open."""
+    workspace = get_workspace()
+    store = store_or_none(workspace)
+    workspace.sync_uploads("extract_upload", *draw_uploader("extract_upload", "Scans or PDFs"), store)
+    show_rejected(workspace, "extract_upload")
+    restore_offer(workspace, store)
+    show_notes(workspace)
+    if workspace.document is None:
+        st.caption("Upload one or more documents to start.")
+        return None
+    document = document_picker(workspace, "extract_document")
+    sources = [Source.of(d) for d in workspace.documents.values()]
+    return sources, document, "workspace"
+
+
+def _job_sources() -> tuple[list[Source], Document, str] | None:
+    """A batch job's documents, each opened when it is needed, and the one shown."""
+    from utils.jobs.engine import job_document
+
+    store = get_store()
+    jobs = store.jobs.recent()
+    if not jobs:
+        st.caption("No batch job yet: start one on the Batch page.")
+        return None
+    job = st.selectbox("Batch job", jobs, key="extract_job",
+                       format_func=lambda j: f"#{j.id} {j.name} · {j.status} · {j.created_at:%Y-%m-%d %H:%M}")
+    settings = cached_settings()
+    entries = [e for e in store.jobs.documents(job.id) if e.digest is not None]
+    if not entries:
+        st.caption("This job has no readable document.")
+        return None
+    sources = [Source(e.name, e.digest, partial(job_document, store, settings, e)) for e in entries]
+    shown = st.selectbox("Document", range(len(entries)), key=f"extract_job_document_{job.id}",
+                         format_func=lambda i: entries[i].name)
+    for source in sources[shown:] + sources[:shown]:  # a document that is gone: say so, show the next one
+        try:
+            return sources, source.open(), f"job{job.id}"
+        except Exception as exc:
+            st.error(one_line(exc))
+    return None
 
 
 def main() -> None:
@@ -288,27 +363,23 @@ def main() -> None:
                                     "labels": ", ".join(f.labels)} for n, f in template.fields.items()]),
                      hide_index=True)
 
-    uploads = st.file_uploader("Scans or PDFs", type=UPLOAD_TYPES, accept_multiple_files=True,
-                               help="PNG, JPEG, TIFF, WebP, BMP, GIF or PDF", key="extract_uploads")
-    if not uploads:
-        st.caption("Upload one or more documents to start.")
+    if st.segmented_control("Documents", [WORKSPACE, JOB], key="extract_source", default=WORKSPACE) == JOB:
+        chosen = _job_sources()
+    else:
+        chosen = _workspace_sources()
+    if chosen is None:
         return
-    documents = [d for d in (open_upload(u) for u in uploads) if d is not None]
-    if not documents:
-        return
-    by_name = {d.name: d for d in documents}
-    document = by_name[st.selectbox("Document", list(by_name), key="extract_document")] if len(documents) > 1 \
-        else documents[0]
+    sources, document, group = chosen
     selection = st.text_input("Pages to read", "1", help='Like "1-3,7"; empty = all pages', key="extract_pages") \
-        if any(d.page_count > 1 for d in documents) else "1"
+        if document.page_count > 1 or len(sources) > 1 else "1"
 
     buttons = st.columns([1, 1, 3])
     available = status.availability.available
     if buttons[0].button(f"Extract with {status.label}", type="primary", disabled=not available, key="extract_run"):
-        _run([document], selection, template, model)
-    if len(documents) > 1 and buttons[1].button(f"Extract all {len(documents)}", disabled=not available,
-                                                key="extract_run_all"):
-        _run(documents, selection, template, model)
+        _run([Source.of(document)], selection, template, model)
+    if len(sources) > 1 and buttons[1].button(f"Extract all {len(sources)}", disabled=not available,
+                                              key="extract_run_all"):
+        _run(sources, selection, template, model)
 
     key = (document.digest, template.name, model)
     _reopen(key, template)
@@ -320,7 +391,7 @@ def main() -> None:
         return
     _show(key, template, document, extraction)
     st.subheader("Download")
-    _downloads(template, model, document, extraction)
+    _downloads(template, model, document, extraction, sources, group)
 
 
 main()

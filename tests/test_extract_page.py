@@ -35,7 +35,7 @@ def start(app_test, uploads: dict[str, bytes]) -> AppTest:
     at.switch_page("pages/extract.py").run()
     assert not at.exception, at.exception
     for name, data in uploads.items():
-        at.file_uploader(key="extract_uploads").upload(name, data, "image/png")
+        at.file_uploader(key="extract_upload").upload(name, data, "image/png")
     at.run()
     assert not at.exception, at.exception
     return at
@@ -85,9 +85,9 @@ def test_a_document_without_fields_warns_and_the_others_keep_their_results(app_t
     assert len(at.session_state["extract_results"]) == 2
     labels = [d.label for d in at.download_button]
     assert "⬇ CSV (all 2)" in labels and "⬇ JSON (all 2)" in labels
-    at.selectbox(key="extract_document").set_value("letter.png").run()
+    at.selectbox(key="extract_document").set_value(open_document("letter.png", letter).digest).run()
     assert [w.value for w in at.warning] == ["no Invoice / Счёт fields recognised"]
-    at.selectbox(key="extract_document").set_value("ru.png").run()
+    at.selectbox(key="extract_document").set_value(open_document("ru.png", invoices["ru.png"][0]).digest).run()
     assert not at.warning and table(at)["number"] == invoices["ru.png"][1].number
 
 
@@ -146,6 +146,59 @@ def test_a_store_that_cannot_be_written_costs_a_warning_not_the_extraction(app_t
     at = start(app_test, {"en.png": data})
     at.button(key="extract_run").click().run()
     assert table(at)["number"] == truth.number
-    assert [w.value for w in at.warning][0].startswith("The extraction could not be saved in the results store (")
+    assert any(w.value.startswith("The extraction could not be saved in the results store (") for w in at.warning)
     edit(at, "date", "1 апреля 2024")
     assert table(at)["date"] == "2024-04-01" and not at.exception
+
+
+def test_a_document_uploaded_on_another_page_is_here_without_a_second_upload(app_test, invoices):
+    data, truth = invoices["en.png"]
+    at = app_test()
+    at.file_uploader[0].upload("en.png", data, "image/png").run()  # the OCR page
+    at.switch_page("pages/extract.py").run()
+    assert any(m.value == "**Document:** en.png (1 page)" for m in at.markdown)
+    at.button(key="extract_run").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert table(at)["number"] == truth.number
+
+
+def test_a_batch_jobs_documents_one_row_each(app_test, invoices, downloads, tmp_path, monkeypatch):
+    from utils.config import cached_settings
+    from utils.jobs.engine import create_job, prepare
+    from utils.jobs.inputs import Source
+
+    monkeypatch.setenv("OCR_STORE_DB", str(tmp_path / "results.db"))
+    store = Store(tmp_path / "results.db")
+    sources = []
+    for name in ("en.png", "ru.png"):
+        (tmp_path / name).write_bytes(invoices[name][0])
+        sources.append(Source(name=name, path=str(tmp_path / name)))
+    job_id = create_job(store, prepare(sources, cached_settings()), ["tesseract"], "text")
+
+    at = app_test()
+    at.switch_page("pages/extract.py").run()
+    at.segmented_control(key="extract_source").set_value("A batch job's documents").run()
+    assert at.selectbox(key="extract_job").value.id == job_id
+    at.selectbox(key=f"extract_job_document_{job_id}").set_value(1).run()
+    at.button(key="extract_run_all").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert table(at)["number"] == invoices["ru.png"][1].number
+    (name,) = [n for n in downloads if n.endswith(".csv") and n.startswith(f"job{job_id}_")]
+    csv = downloads[name]
+    header, *rows = (csv.decode("utf-8-sig") if isinstance(csv, bytes) else csv).strip().splitlines()
+    assert "number" in header and len(rows) == 2
+    assert invoices["en.png"][1].number in rows[0] and invoices["ru.png"][1].number in rows[1]
+
+    # A job whose file is gone (neither kept in the store nor on disk): one line, the others still read.
+    (tmp_path / "gone.png").write_bytes(png_bytes(render_text_page(["Invoice No. GONE-1"])))
+    sources.insert(0, Source(name="gone.png", path=str(tmp_path / "gone.png")))
+    second = create_job(store, prepare(sources, cached_settings()), ["tesseract"], "text")
+    (tmp_path / "gone.png").unlink()
+    at.run()
+    at.selectbox(key="extract_job").set_value(store.jobs.get(second)).run()
+    gone = f"gone.png: no such file ({tmp_path / 'gone.png'})"
+    assert [e.value for e in at.error] == [gone]
+    assert table(at)["number"] == invoices["en.png"][1].number  # the next document is shown
+    at.button(key="extract_run_all").click().run()
+    assert [e.value for e in at.error] == [gone, gone]
+    assert table(at)["number"] == invoices["en.png"][1].number and not at.exception

@@ -137,6 +137,20 @@ class Progress:
         return (self.total - self.finished) / rate if rate else None
 
 
+def job_document(store: Store, settings: Settings, entry: JobDocument) -> Document:
+    """A job's document: the store's kept copy, else its source file (which must not have changed).
+    Raises DocumentError / InputError with one line when neither is there."""
+    document = store.open_document(entry.digest or "", entry.name, settings.documents.pdf_dpi)
+    if document is None:
+        if entry.path is None:
+            raise InputError(f"{entry.name}: the uploaded copy is no longer in the store")
+        source = Source(name=entry.name, path=entry.path, member=entry.member)
+        document = open_document(entry.name, source.read(), settings.documents)
+        if document.digest != entry.digest:
+            raise InputError(f"{entry.name}: the file changed since the job started; start a new job")
+    return document
+
+
 class _Documents:
     """Documents opened on demand and shared by the worker threads; a few stay open (LRU)."""
 
@@ -156,15 +170,7 @@ class _Documents:
             if position in self._open:
                 self._open.move_to_end(position)
                 return self._open[position]
-            entry = self._by_position[position]
-            document = self._store.open_document(entry.digest or "", entry.name, self._settings.documents.pdf_dpi)
-            if document is None:
-                if entry.path is None:
-                    raise InputError(f"{entry.name}: the uploaded copy is no longer in the store")
-                source = Source(name=entry.name, path=entry.path, member=entry.member)
-                document = open_document(entry.name, source.read(), self._settings.documents)
-                if document.digest != entry.digest:
-                    raise InputError(f"{entry.name}: the file changed since the job started; start a new job")
+            document = job_document(self._store, self._settings, self._by_position[position])
             self._open[position] = document
             while len(self._open) > self._size:
                 self._open.popitem(last=False)
