@@ -44,7 +44,7 @@ def test_a_page_url_on_a_fresh_server_keeps_the_sidebar(browser):
         tab = context.new_page()
         tab.set_default_timeout(60_000)
         tab.goto(f"{url}/system")
-        tab.locator("[data-testid=stSidebar]").get_by_text("Model", exact=True).wait_for()
+        tab.locator("[data-testid=stSidebar]").get_by_role("heading", name="Model", exact=True).wait_for()
         tab.get_by_text("GPU preflight").wait_for()
         assert tab.url.endswith("/system")
         context.close()
