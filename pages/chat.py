@@ -18,8 +18,7 @@ from pages.ui.common import (
     require_app_shell,
     thumbnail,
 )
-from pages.ui.session import document_picker, restore_offer, show_notes, show_rejected, store_or_none
-from pages.ui.shell import draw_uploader
+from pages.ui.session import document_picker, workspace_with_uploads
 from pages.ui.stored import get_store
 from pages.ui.workspace import get_workspace, kept
 from utils.chat import ask, failed_turn, seen_line, start_chat
@@ -64,12 +63,7 @@ def _reopen() -> None:
 
 def _new_chat_source() -> tuple[Document, list[int], list[str]] | None:
     """The workspace's open document (uploaded here or on another page) and the pages chosen."""
-    workspace = get_workspace()
-    store = store_or_none(workspace)
-    workspace.sync_uploads("chat_upload", *draw_uploader("chat_upload", "Scans or PDFs"), store)
-    show_rejected(workspace, "chat_upload")
-    restore_offer(workspace, store)
-    show_notes(workspace)
+    workspace, _ = workspace_with_uploads("chat_upload", "Scans or PDFs")
     if workspace.document is None:
         st.info("Upload a page or a document (or open one on another page), then ask about it below.")
         return None

@@ -18,8 +18,8 @@ from pages.ui.common import (
     require_app_shell,
 )
 from pages.ui.run import Entry, RunJob
-from pages.ui.session import document_picker, restore_offer, show_notes, show_rejected, store_or_none
-from pages.ui.shell import draw_uploader, follow_later
+from pages.ui.session import document_picker, store_or_none, workspace_with_uploads
+from pages.ui.shell import follow_later
 from pages.ui.workspace import Workspace, get_workspace, kept
 from utils.documents.reader import Document, DocumentError
 from utils.engine.runner import result_key
@@ -210,14 +210,9 @@ def _choose(catalog: dict) -> tuple[list[str], str | None, str | None]:
 def main() -> None:
     require_app_shell("pages/compare.py")
     st.title("Compare models")
-    workspace = get_workspace()
-    workspace.collect()
-    store = store_or_none(workspace)
+    get_workspace().collect()
     catalog = {status.name: status for status in model_catalog()}
-    workspace.sync_uploads("compare_upload", *draw_uploader("compare_upload", "A scan or PDF"), store)
-    show_rejected(workspace, "compare_upload")
-    restore_offer(workspace, store)
-    show_notes(workspace)
+    workspace, store = workspace_with_uploads("compare_upload", "A scan or PDF")
     models, task, prompt = _choose(catalog)
     if workspace.document is None:
         st.caption("Upload a document, pick two or more models and run them on the same page.")

@@ -17,10 +17,8 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from pages.ui.common import get_loader, model_catalog, page_image, require_app_shell
-from pages.ui.session import document_picker, restore_offer, show_notes, show_rejected, store_or_none
-from pages.ui.shell import draw_uploader
+from pages.ui.session import document_picker, workspace_with_uploads
 from pages.ui.stored import get_store
-from pages.ui.workspace import get_workspace
 from utils.config import cached_settings
 from utils.documents.reader import Document, parse_page_selection
 from utils.extraction import templates as template_files
@@ -294,12 +292,7 @@ def _downloads(template: Template, model: str, document: Document, extraction: E
 
 def _workspace_sources() -> tuple[list[Source], Document, str] | None:
     """The workspace's documents (uploaded here or on any page) and the one open."""
-    workspace = get_workspace()
-    store = store_or_none(workspace)
-    workspace.sync_uploads("extract_upload", *draw_uploader("extract_upload", "Scans or PDFs"), store)
-    show_rejected(workspace, "extract_upload")
-    restore_offer(workspace, store)
-    show_notes(workspace)
+    workspace, _ = workspace_with_uploads("extract_upload", "Scans or PDFs")
     if workspace.document is None:
         st.caption("Upload one or more documents to start.")
         return None

@@ -1,5 +1,5 @@
-"""The parts of the workspace the OCR and Compare pages both draw: adding documents, choosing one,
-bringing the last session back, the page strip, and the store they write to."""
+"""The parts of the workspace the pages share: adding documents, choosing one, bringing the last
+session back, the page strip, and the store they write to."""
 from __future__ import annotations
 
 from collections.abc import Collection
@@ -7,8 +7,9 @@ from collections.abc import Collection
 import streamlit as st
 
 from pages.ui.common import thumbnail
+from pages.ui.shell import draw_uploader
 from pages.ui.stored import get_store
-from pages.ui.workspace import Workspace
+from pages.ui.workspace import Workspace, get_workspace
 from utils.documents.reader import Document
 from utils.messages import one_line
 from utils.store import Store
@@ -64,6 +65,18 @@ def restore_offer(workspace: Workspace, store: Store | None) -> None:
     left.info(f"Your last session ({when}): {names} · {results} result(s).", icon=":material/history:")
     right.button("Restore last session", key="restore_session", type="primary", on_click=_restore,
                  args=(workspace, store), width="stretch")
+
+
+def workspace_with_uploads(key: str, label: str) -> tuple[Workspace, Store | None]:
+    """The session's workspace with this page's uploader feeding it, its unreadable files, the offer to
+    bring the last session back and the notes; and the store (None when it cannot be opened)."""
+    workspace = get_workspace()
+    store = store_or_none(workspace)
+    workspace.sync_uploads(key, *draw_uploader(key, label), store)
+    show_rejected(workspace, key)
+    restore_offer(workspace, store)
+    show_notes(workspace)
+    return workspace, store
 
 
 def show_rejected(workspace: Workspace, key: str) -> None:
