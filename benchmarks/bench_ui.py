@@ -22,31 +22,30 @@ import argparse
 import io
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, render_text_page  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    free_port,
+    render_text_page,
+    stop_process,
+    streamlit_healthy,
+)
 
 SHARED_PAGE = ROOT.parent / "shared" / "data" / "images" / "en_scribe_singlecol_01.png"
 INFERENCE = re.compile(r"[Ii]nference\s*(\d+(?:\.\d+)?) s")
 ROUND_TRIP = re.compile(r"(\d+(?:\.\d+)?) s with the worker round trip")
 WAIT_TEXT = ("() => [...document.querySelectorAll('textarea')].some(t => t.getAttribute('aria-label') === "
              "'Recognised text' && t.value.trim().length > 0)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(root: Path, store: Path) -> tuple[subprocess.Popen, str, float]:
@@ -61,25 +60,9 @@ def start_server(root: Path, store: Path) -> tuple[subprocess.Popen, str, float]
     return process, f"http://127.0.0.1:{port}", started
 
 
-def wait_healthy(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                if reply.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError("the server did not become healthy")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def wait_healthy(url: str) -> None:
+    if not streamlit_healthy(url, pause=0.02):  # polled often: the time it took is a figure here
+        raise RuntimeError("the server did not become healthy")
 
 
 BARE_WAIT_S = 1.0
@@ -114,7 +97,7 @@ def bare_app_overheads(browser, folder: Path, results: int) -> list[float]:
                 context.close()
         return found[1:]
     finally:
-        stop(process)
+        stop_process(process)
 
 
 def page_png(path: Path | None) -> tuple[str, bytes]:
@@ -185,7 +168,7 @@ def measure(browser, root: Path, store: Path, image: tuple[str, bytes],
                 beyond_call.append(shown - call)
         return healthy, paint, totals, overheads, beyond_call
     finally:
-        stop(process)
+        stop_process(process)
 
 
 def main() -> None:

@@ -86,10 +86,33 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def streamlit_healthy(url: str, timeout: float = 60, pause: float = 0.3) -> bool:
+    """Whether the Streamlit server at `url` answered its health check within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                if reply.read().strip() == b"ok":
+                    return True
+        except OSError:
+            time.sleep(pause)
+    return False
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
+    """Terminate, and kill what does not end within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextlib.contextmanager
@@ -97,7 +120,7 @@ def serve_app(env: dict[str, str] | None = None):
     """`streamlit run app.py` on a free local port, healthy before it is handed out; `env` is added to
     the server's environment. Unless `env` says otherwise, the results store and the local settings
     are in a folder of their own, removed afterwards: a test never writes into data/."""
-    port = _free_port()
+    port = free_port()
     scratch = tempfile.TemporaryDirectory(prefix="ocr-app-")
     env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
                **{"OCR_STORE_DB": str(Path(scratch.name) / "results.db"),
@@ -108,24 +131,11 @@ def serve_app(env: dict[str, str] | None = None):
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                    if reply.read().strip() == b"ok":
-                        break
-            except OSError:
-                time.sleep(0.3)
-        else:
+        if not streamlit_healthy(url):
             pytest.fail("streamlit did not become healthy within 60 s")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         scratch.cleanup()
 
 

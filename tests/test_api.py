@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import cli
-from tests.conftest import ROOT, _free_port, png_bytes, render_text_page
+from tests.conftest import ROOT, free_port, png_bytes, render_text_page, stop_process
 from utils.api.app import API_KEY_ENV, create_app
 from utils.api.serve import api_key_for, is_loopback
 from utils.config import cached_settings, with_backend
@@ -200,7 +200,7 @@ def test_serve_binds_the_loopback_unless_a_key_is_set(monkeypatch, capsys):
 
 @contextlib.contextmanager
 def served_api(env: dict[str, str]):
-    port = _free_port()
+    port = free_port()
     env = {"OCR_STORE_DB": os.path.join(tempfile.mkdtemp(prefix="api_store_"), "results.db"), **env}
     process = subprocess.Popen([sys.executable, "cli.py", "serve", "--port", str(port)], cwd=ROOT,
                                env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -219,12 +219,7 @@ def served_api(env: dict[str, str]):
             pytest.fail("cli.py serve did not answer /health within 60 s")
         yield url, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=20)
         process.stderr.close()
 
 

@@ -73,6 +73,14 @@ def settle(tab) -> None:
                           " === 'notRunning' && !document.querySelector('[data-testid=stSkeleton]')")
 
 
+def set_pages_to_run(tab, spec: str) -> None:
+    """Type into "Pages to run" and wait for the page to take it."""
+    box = tab.get_by_role("textbox", name="Pages to run")
+    box.fill(spec)
+    box.press("Enter")
+    settle(tab)
+
+
 def shot(tab, name: str, height: int | None = None) -> None:
     """The README's screenshot of this page, when SCREENSHOTS_DIR says where; `height` makes the window
     that tall for it (the app scrolls inside its own pane, which a full-page shot does not unroll)."""
@@ -161,10 +169,7 @@ def test_an_edit_is_kept_and_downloaded(page, app_url, invoice, tmp_path):
 def test_pages_2_3_show_page_2_and_moving_keeps_the_selection(page, app_url):
     page.goto(app_url)
     upload(page, {"name": "report.pdf", "mimeType": "application/pdf", "buffer": make_pdf(4)})
-    pages = page.get_by_role("textbox", name="Pages to run")
-    pages.fill("2-3")
-    pages.press("Enter")
-    settle(page)
+    set_pages_to_run(page, "2-3")
     page.get_by_role("button", name=re.compile("^Run Tesseract")).click()
     wait_text(page, "Quarterly report, page 2")
     assert page.get_by_role("spinbutton", name="Page (of 4)").input_value() == "2"
@@ -177,10 +182,7 @@ def test_pages_2_3_show_page_2_and_moving_keeps_the_selection(page, app_url):
 def test_stop_ends_a_long_run_after_the_page_being_read(page, app_url):
     page.goto(app_url)
     upload(page, {"name": "long.pdf", "mimeType": "application/pdf", "buffer": make_pdf(30)})
-    pages = page.get_by_role("textbox", name="Pages to run")
-    pages.fill("")
-    pages.press("Enter")
-    settle(page)
+    set_pages_to_run(page, "")
     run = page.get_by_role("button", name=re.compile("^Run Tesseract"))
     run.click()
     page.get_by_text(re.compile(r"page \d+ \(\d+ of 30\) · [\d.]+ s — [\d.]+ s in all")).wait_for()
@@ -207,10 +209,7 @@ def test_a_request_behind_another_users_run_says_how_many_are_ahead(browser, app
     try:
         busy.goto(app_url)
         upload(busy, {"name": "long.pdf", "mimeType": "application/pdf", "buffer": buffer.getvalue()})
-        to_run = busy.get_by_role("textbox", name="Pages to run")
-        to_run.fill("")
-        to_run.press("Enter")
-        settle(busy)
+        set_pages_to_run(busy, "")
         waiting.goto(app_url)
         upload(waiting, invoice)
         waiting.get_by_role("button", name=re.compile("^Run Tesseract")).wait_for()
