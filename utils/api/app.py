@@ -25,7 +25,7 @@ from utils.api import jobs
 from utils.api.limits import FORM_OVERHEAD, UploadLimit
 from utils.config import Settings, cached_settings
 from utils.documents.export import failed_page_json, page_json
-from utils.documents.reader import DocumentError, open_document
+from utils.documents.reader import Document, DocumentError, open_document
 from utils.engine.loader import Loader, ModelStatus, ModelUnavailable
 from utils.engine.runner import run_pages
 from utils.jobs.background import JobThreads
@@ -168,6 +168,23 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
 
     secured = [Depends(authorised)]
 
+    def chosen_model(loader: Loader, model: str | None) -> str:
+        """The model asked for, else the default; a 503 / 400 in one line when there is none or it is unknown."""
+        model = model or loader.default_model()
+        if model is None:
+            raise HTTPException(503, "no model is available; GET /v1/models says why")
+        if model not in loader.settings.models:
+            raise HTTPException(400, f"unknown model '{model}'; known: {', '.join(loader.settings.models)}")
+        return model
+
+    def uploaded_document(loader: Loader, file: UploadFile) -> Document:
+        """The upload as a document; 413 when it is over the size limit, else 400, in one line."""
+        data = file.file.read()
+        try:
+            return open_document(file.filename or "upload", data, loader.settings.documents)
+        except DocumentError as exc:
+            raise HTTPException(413 if len(data) > limit_mb * MB else 400, one_line(exc)) from None
+
     @app.get("/health", response_model=Health, tags=["status"])
     def health(loader: LoaderDep) -> Health:
         """The API is up and its loader is open (needs no key)."""
@@ -196,11 +213,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
                                                    'checked per page')] = None) -> dict:
         """Recognise one document: the same JSON as `cli.py ocr --format json`. A page that fails has
         its one-line reason in its `error`; the other pages still have results."""
-        model = model or loader.default_model()
-        if model is None:
-            raise HTTPException(503, "no model is available; GET /v1/models says why")
-        if model not in loader.settings.models:
-            raise HTTPException(400, f"unknown model '{model}'; known: {', '.join(loader.settings.models)}")
+        model = chosen_model(loader, model)
         spec = loader.settings.models[model]
         if task not in spec.tasks:
             raise HTTPException(400, f"{model} does not do '{task}'; it supports: {', '.join(spec.tasks)}")
@@ -210,13 +223,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
             loader.check_languages(model, languages)
         except ValueError as exc:
             raise HTTPException(400, f"languages: {exc}") from None
-        name = file.filename or "upload"
-        data = file.file.read()
-        try:
-            document = open_document(name, data, loader.settings.documents)
-        except DocumentError as exc:
-            status = 413 if len(data) > limit_mb * MB else 400
-            raise HTTPException(status, one_line(exc)) from None
+        document = uploaded_document(loader, file)
         try:
             selection = document.select(pages)
         except DocumentError as exc:
@@ -245,25 +252,18 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None, a
         from utils.extraction.extract import extract_document
         from utils.extraction.templates import TemplateError, resolve_template
 
-        model = model or loader.default_model()
-        if model is None:
-            raise HTTPException(503, "no model is available; GET /v1/models says why")
-        if model not in loader.settings.models:
-            raise HTTPException(400, f"unknown model '{model}'; known: {', '.join(loader.settings.models)}")
+        model = chosen_model(loader, model)
         if "/" in template or template.endswith((".yaml", ".yml")):
             raise HTTPException(400, "template: give a template name, not a file")
         try:
             chosen = resolve_template(template, known_models=loader.settings.models)
         except TemplateError as exc:
             raise HTTPException(400, f"template: {one_line(exc)}") from None
-        name = file.filename or "upload"
-        data = file.file.read()
+        document = uploaded_document(loader, file)
         try:
-            document = open_document(name, data, loader.settings.documents)
             selection = document.select(pages)
         except DocumentError as exc:
-            status = 413 if len(data) > limit_mb * MB else 400
-            raise HTTPException(status, one_line(exc)) from None
+            raise HTTPException(400, one_line(exc)) from None
         try:
             extraction = extract_document(loader, document, chosen, model, selection.indices)
         except ModelUnavailable as exc:
