@@ -266,15 +266,12 @@ def _show(key: ResultKey, template: Template, document: Document, extraction: Ex
 
 def _downloads(template: Template, model: str, document: Document, extraction: Extraction,
                sources: Sequence[Source], group: str) -> None:
-    """One document's files, and the group's (every document of the workspace or of the job that has an
-    extraction with this template and model, one row each)."""
+    """One document's files, and the group's: every document of the workspace or of the job extracted
+    with this template and model in this session (shown or reopened), one row each. Only the session is
+    looked at: a job of thousands of documents must not cost a store query each on every rerun."""
     stem = Path(document.name).stem
-    batch = []
-    for source in sources:
-        key = (source.digest or "", template.name, model)
-        _reopen(key, template)
-        if key in _results():
-            batch.append(_results()[key])
+    results = _results()
+    batch = [results[key] for source in sources if (key := (source.digest or "", template.name, model)) in results]
     cols = st.columns(4)
     cols[0].download_button("⬇ JSON", json.dumps(extraction.to_json(), ensure_ascii=False, indent=2),
                             file_name=f"{stem}_{template.name}.json", mime="application/json", key="dl_extract_json")
